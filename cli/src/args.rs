@@ -1,0 +1,43 @@
+//! Command-line grammar (clap). Each command group's arguments live with its command module;
+//! this file only assembles the tree and the global flags.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands;
+
+/// OpenShell Edge: provision and reach AI-agent sandboxes through a gateway.
+#[derive(Debug, Parser)]
+#[command(name = "openshell", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted by every command.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Gateway to use (a registered name); overrides OPENSHELL_GATEWAY and the active gateway.
+    #[arg(short = 'g', long = "gateway", global = true, value_name = "NAME")]
+    pub gateway: Option<String>,
+    /// Gateway endpoint URL to use directly, bypassing the registry lookup.
+    #[arg(long, global = true, value_name = "URL")]
+    pub gateway_endpoint: Option<String>,
+    /// More logging on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register, select and inspect gateways.
+    #[command(visible_alias = "gw")]
+    Gateway(commands::gateway::GatewayArgs),
+    /// Reachability, authentication and version of the active gateway.
+    Status(commands::status::StatusArgs),
+    /// Certificate authority: issue, list, inspect, revoke and rotate certificates.
+    Pki(commands::pki::PkiArgs),
+    /// Print a shell completion script to stdout.
+    Completions(commands::completions::CompletionsArgs),
+}

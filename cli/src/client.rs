@@ -1,0 +1,1 @@
+//! Connecting to the resolved gateway (owned by the transport work).

@@ -1,0 +1,21 @@
+//! One module per command group; `dispatch` routes a parsed command line to it.
+
+pub mod completions;
+pub mod gateway;
+pub mod pki;
+pub mod status;
+
+use std::process::ExitCode;
+
+use crate::CliError;
+use crate::args::{Cli, Command};
+
+pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
+    let global = cli.global;
+    match cli.command {
+        Command::Gateway(args) => gateway::run(args, &global).await,
+        Command::Status(args) => status::run(args, &global).await,
+        Command::Pki(args) => pki::run(args, &global).await,
+        Command::Completions(args) => completions::run(args),
+    }
+}
