@@ -1,0 +1,324 @@
+//! The gateway side of the wire: one port, QUIC (HTTP/3) on UDP and TLS + HTTP/2 on TCP,
+//! serving the same gRPC service and the same tunnels on both.
+//!
+//! ```text
+//!  UDP :17670 ── quinn ── h3 ──┐                    ┌─ gRPC: tonic Routes (GrpcService)
+//!                              ├─ per request ──────┤
+//!  TCP :17670 ── rustls ─ h2 ──┘  (RequestContext)  └─ CONNECT: TunnelService -> splice
+//! ```
+//!
+//! Every request carries a `RequestContext` extension: the connection (peer, transport,
+//! principal) and whether it was served from 0-RTT early data. Requests that change state
+//! and every tunnel wait until the handshake is confirmed (see `quic.rs`).
+
+mod quic;
+mod registry;
+mod tcp;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http::{HeaderMap, StatusCode};
+use tokio::sync::watch;
+
+pub use registry::{ConnectionRegistry, ConnectionSummary};
+
+use crate::config::QuicTuning;
+use crate::identity::Principal;
+use crate::tls::ServerTls;
+use crate::{BoxIo, TransportError, TransportKind};
+
+/// The gRPC side: tonic `Routes` behind whatever layers the gateway adds.
+pub type GrpcService = tower::util::BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    Infallible,
+>;
+
+/// Decides where a CONNECT tunnel goes. The gateway never dials a host:port named by the
+/// client: the request names a target (header `openshell-tunnel`) and this service maps it.
+pub trait TunnelService: Send + Sync + 'static {
+    fn open(
+        &self,
+        ctx: RequestContext,
+        headers: HeaderMap,
+    ) -> BoxFuture<'static, Result<BoxIo, TunnelRefusal>>;
+}
+
+/// Why a tunnel was not opened; becomes the CONNECT response status.
+#[derive(Debug, Clone)]
+pub struct TunnelRefusal {
+    pub status: StatusCode,
+    pub reason: String,
+}
+
+impl TunnelRefusal {
+    pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        TunnelRefusal {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One accepted connection, as handlers see it.
+#[derive(Debug)]
+pub struct ConnMeta {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub transport: TransportKind,
+    principal: std::sync::OnceLock<Principal>,
+    quic: Option<quinn::Connection>,
+}
+
+impl ConnMeta {
+    fn new(
+        id: u64,
+        peer: SocketAddr,
+        transport: TransportKind,
+        quic: Option<quinn::Connection>,
+    ) -> Self {
+        ConnMeta {
+            id,
+            peer,
+            transport,
+            principal: std::sync::OnceLock::new(),
+            quic,
+        }
+    }
+
+    /// The verified client certificate's principal, if the peer presented one. On QUIC it
+    /// is read once the identity is known (restored from the session on resumption).
+    pub fn principal(&self) -> Option<&Principal> {
+        if let Some(p) = self.principal.get() {
+            return Some(p);
+        }
+        let p = Principal::from_peer_identity(self.quic.as_ref()?.peer_identity())?;
+        Some(self.principal.get_or_init(|| p))
+    }
+}
+
+/// Per-request context, inserted as a request extension.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub conn: Arc<ConnMeta>,
+    /// True when the request was served before the handshake was confirmed (0-RTT).
+    pub early_data: bool,
+}
+
+/// Which listeners to run on the port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listeners {
+    pub quic: bool,
+    pub tcp: bool,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            quic: true,
+            tcp: true,
+        }
+    }
+}
+
+/// Server settings. TLS is required unless `tls` is `None`, which the gateway allows only
+/// on loopback (plaintext HTTP/2 on TCP; QUIC always needs TLS).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub listeners: Listeners,
+    pub tls: Option<Arc<ServerTls>>,
+    pub tuning: QuicTuning,
+    /// How long a graceful shutdown waits for in-flight requests and tunnels before closing
+    /// connections. Default 10 s.
+    pub shutdown_grace: Duration,
+    /// Bound on a TCP TLS handshake. Default 10 s.
+    pub tls_handshake_timeout: Duration,
+    /// HTTP/2 keep-alive on the TCP path. Default 20 s interval, 10 s timeout.
+    pub h2_keepalive: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(listen: SocketAddr, tls: Option<Arc<ServerTls>>) -> Self {
+        ServerConfig {
+            listen,
+            listeners: Listeners::default(),
+            tls,
+            tuning: QuicTuning::default(),
+            shutdown_grace: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            h2_keepalive: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Counters the gateway exports on /metrics.
+#[derive(Debug, Default)]
+pub struct TransportMetrics {
+    pub quic_connections: AtomicU64,
+    pub tcp_connections: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    pub requests: AtomicU64,
+    pub early_requests_served: AtomicU64,
+    pub early_requests_deferred: AtomicU64,
+    pub tunnels_opened: AtomicU64,
+    pub tunnels_refused: AtomicU64,
+    pub streams_open: AtomicU64,
+}
+
+impl TransportMetrics {
+    fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Resolves when the flag becomes true (or its sender is gone); holds no borrow across
+/// the await, so it can sit in a `select!` of a `Send` task.
+pub(crate) async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await.map(|_| ());
+}
+
+/// Everything a connection task needs.
+#[derive(Clone)]
+struct Shared {
+    grpc: GrpcService,
+    tunnels: Arc<dyn TunnelService>,
+    registry: Arc<ConnectionRegistry>,
+    metrics: Arc<TransportMetrics>,
+    draining: watch::Receiver<bool>,
+    next_id: Arc<AtomicU64>,
+    config: Arc<ServerConfig>,
+}
+
+impl Shared {
+    fn next_conn_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A bound gateway port, ready to serve.
+pub struct Server {
+    quic: Option<quinn::Endpoint>,
+    tcp: Option<tokio::net::TcpListener>,
+    local_addr: SocketAddr,
+    shared: Shared,
+    drain_tx: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Binds the UDP and TCP sockets on one port (with port 0, TCP takes the port UDP got).
+    pub async fn bind(
+        config: ServerConfig,
+        grpc: GrpcService,
+        tunnels: Arc<dyn TunnelService>,
+    ) -> Result<Server, TransportError> {
+        config.tuning.validate()?;
+        if !config.listeners.quic && !config.listeners.tcp {
+            return Err(TransportError::Config(
+                "no listener enabled: enable QUIC, TCP or both".into(),
+            ));
+        }
+        if config.tls.is_none() && !config.listen.ip().is_loopback() {
+            return Err(TransportError::Config(format!(
+                "refusing plaintext on {}: without TLS the gateway listens on loopback only (use 127.0.0.1 or provide TLS material)",
+                config.listen
+            )));
+        }
+        let mut addr = config.listen;
+        let quic = match (&config.tls, config.listeners.quic) {
+            (Some(tls), true) => {
+                let ep = quic::bind(&config, tls, addr)?;
+                addr = ep.local_addr().map_err(|e| TransportError::bind(addr, e))?;
+                Some(ep)
+            }
+            _ => None,
+        };
+        let tcp = if config.listeners.tcp {
+            let l = tcp::bind(addr).await?;
+            addr = l.local_addr().map_err(|e| TransportError::bind(addr, e))?;
+            Some(l)
+        } else {
+            None
+        };
+        let (drain_tx, draining) = watch::channel(false);
+        let shared = Shared {
+            grpc,
+            tunnels,
+            registry: Arc::new(ConnectionRegistry::default()),
+            metrics: Arc::new(TransportMetrics::default()),
+            draining,
+            next_id: Arc::new(AtomicU64::new(1)),
+            config: Arc::new(config),
+        };
+        Ok(Server {
+            quic,
+            tcp,
+            local_addr: addr,
+            shared,
+            drain_tx,
+        })
+    }
+
+    /// The bound address (both protocols use its port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Live connections, for metrics and for closing revoked peers.
+    pub fn registry(&self) -> Arc<ConnectionRegistry> {
+        self.shared.registry.clone()
+    }
+
+    pub fn metrics(&self) -> Arc<TransportMetrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: stops accepting, tells clients to go
+    /// away (HTTP/3 and HTTP/2 GOAWAY), waits up to the grace period for in-flight work,
+    /// then closes what is left with the reason "gateway shutting down".
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), TransportError> {
+        let Server {
+            quic,
+            tcp,
+            shared,
+            drain_tx,
+            ..
+        } = self;
+        let quic_task = quic
+            .clone()
+            .map(|ep| tokio::spawn(quic::accept_loop(ep, shared.clone())));
+        let tcp_task = tcp.map(|l| tokio::spawn(tcp::accept_loop(l, shared.clone())));
+
+        shutdown.await;
+        tracing::info!("shutting down: draining connections");
+        let _ = drain_tx.send(true);
+        if let Some(ep) = &quic {
+            ep.set_server_config(None);
+        }
+        if let Some(t) = tcp_task {
+            t.abort();
+        }
+        let grace = shared.config.shutdown_grace;
+        let drained = tokio::time::timeout(grace, shared.registry.wait_empty()).await;
+        if drained.is_err() {
+            tracing::warn!(
+                open = shared.registry.len(),
+                "grace period over: closing remaining connections"
+            );
+        }
+        shared.registry.close_all(crate::close::SHUTTING_DOWN);
+        if let Some(ep) = quic {
+            ep.close(crate::close::h3_no_error(), crate::close::SHUTTING_DOWN.as_bytes());
+            let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        }
+        if let Some(t) = quic_task {
+            t.abort();
+        }
+        Ok(())
+    }
+}

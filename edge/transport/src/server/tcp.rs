@@ -1,0 +1,202 @@
+//! TCP fallback listener: TLS 1.3 (ALPN h2) + HTTP/2, or plaintext h2c on loopback when the
+//! gateway runs without TLS. Serves the same gRPC service and tunnels as QUIC; tunnels are
+//! HTTP/2 CONNECT requests whose stream hyper hands over as an upgraded byte stream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tracing::Instrument;
+
+use super::{wait_true, ConnMeta, RequestContext, Shared, TransportMetrics};
+use crate::identity::Principal;
+use crate::tls::ALPN_H2;
+use crate::{TransportError, TransportKind};
+
+pub(super) async fn bind(addr: SocketAddr) -> Result<TcpListener, TransportError> {
+    let socket = if addr.is_ipv6() {
+        tokio::net::TcpSocket::new_v6()
+    } else {
+        tokio::net::TcpSocket::new_v4()
+    }
+    .map_err(|e| TransportError::bind(addr, e))?;
+    socket
+        .set_reuseaddr(true)
+        .map_err(|e| TransportError::bind(addr, e))?;
+    socket.bind(addr).map_err(|e| TransportError::bind(addr, e))?;
+    socket.listen(1024).map_err(|e| TransportError::bind(addr, e))
+}
+
+pub(super) async fn accept_loop(listener: TcpListener, shared: Shared) {
+    let acceptor = shared.config.tls.as_ref().map(|tls| {
+        let sessions = rustls::server::ServerSessionMemoryCache::new(1024);
+        tls.server_config(ALPN_H2, false, sessions)
+            .map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)))
+    });
+    let acceptor = match acceptor.transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "TCP listener cannot start");
+            return;
+        }
+    };
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        let span = tracing::info_span!("conn", transport = "tcp", %peer);
+        tokio::spawn(
+            async move {
+                match acceptor {
+                    Some(acceptor) => {
+                        let hs = tokio::time::timeout(
+                            shared.config.tls_handshake_timeout,
+                            acceptor.accept(stream),
+                        )
+                        .await;
+                        match hs {
+                            Ok(Ok(tls)) => {
+                                let principal = tls
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .and_then(Principal::from_certificate);
+                                serve_h2(tls, peer, principal, shared).await
+                            }
+                            Ok(Err(e)) => {
+                                TransportMetrics::inc(&shared.metrics.handshake_failures);
+                                tracing::info!(error = %e, "TLS handshake failed");
+                            }
+                            Err(_) => {
+                                TransportMetrics::inc(&shared.metrics.handshake_failures);
+                                tracing::info!("TLS handshake timed out");
+                            }
+                        }
+                    }
+                    None => serve_h2(stream, peer, None, shared).await,
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn serve_h2<IO>(io: IO, peer: SocketAddr, principal: Option<Principal>, shared: Shared)
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let meta = ConnMeta::new(shared.next_conn_id(), peer, TransportKind::Tcp, None);
+    if let Some(p) = principal {
+        let _ = meta.principal.set(p);
+    }
+    let meta = Arc::new(meta);
+    let (_registration, mut close_rx) = shared.registry.register_tcp(meta.clone());
+    TransportMetrics::inc(&shared.metrics.tcp_connections);
+
+    let svc_shared = shared.clone();
+    let svc_meta = meta.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let shared = svc_shared.clone();
+        let ctx = RequestContext {
+            conn: svc_meta.clone(),
+            early_data: false,
+        };
+        async move { Ok::<_, std::convert::Infallible>(handle(req, ctx, shared).await) }
+    });
+    let keepalive = shared.config.h2_keepalive;
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(keepalive))
+        .keep_alive_timeout(keepalive / 2)
+        .max_concurrent_streams(shared.config.tuning.max_bidi_streams)
+        .initial_stream_window_size(shared.config.tuning.stream_receive_window)
+        .initial_connection_window_size(shared.config.tuning.receive_window);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    let mut draining = shared.draining.clone();
+    let mut goaway_sent = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = wait_true(&mut draining), if !goaway_sent => {
+                goaway_sent = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = close_rx.changed() => {
+                let reason = close_rx.borrow().clone().unwrap_or_default();
+                tracing::info!(%reason, "closing connection");
+                return;
+            }
+        }
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    ctx: RequestContext,
+    shared: Shared,
+) -> Response<tonic::body::Body> {
+    TransportMetrics::inc(&shared.metrics.requests);
+    if req.method() == Method::CONNECT {
+        return tunnel(req, ctx, shared).await;
+    }
+    let mut req = req.map(tonic::body::Body::new);
+    req.extensions_mut().insert(ctx);
+    let Ok(resp) = shared.grpc.clone().oneshot(req).await;
+    resp
+}
+
+async fn tunnel(
+    mut req: Request<Incoming>,
+    ctx: RequestContext,
+    shared: Shared,
+) -> Response<tonic::body::Body> {
+    let headers = req.headers().clone();
+    match shared.tunnels.open(ctx, headers).await {
+        Ok(mut backend) => {
+            TransportMetrics::inc(&shared.metrics.tunnels_opened);
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                match upgrade.await {
+                    Ok(upgraded) => {
+                        let mut upgraded = TokioIo::new(upgraded);
+                        let _ = tokio::io::copy_bidirectional(&mut upgraded, &mut backend).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "tunnel upgrade failed"),
+                }
+            });
+            Response::new(tonic::body::Body::empty())
+        }
+        Err(refusal) => {
+            TransportMetrics::inc(&shared.metrics.tunnels_refused);
+            let mut resp = Response::new(tonic::body::Body::empty());
+            *resp.status_mut() = refusal.status;
+            if let Ok(v) = http::HeaderValue::from_str(&super::quic::sanitize_header(&refusal.reason)) {
+                resp.headers_mut().insert(crate::tunnel::REASON_HEADER, v);
+            }
+            resp
+        }
+    }
+}
+

@@ -1,0 +1,107 @@
+//! Naming a tunnel's target. A CONNECT request carries `openshell-tunnel: <target>`; the
+//! gateway parses it and decides where the bytes go. The grammar is deliberately small:
+//!
+//! ```text
+//! target  = "echo"                       ; built-in diagnostics echo, no dial
+//!         | "service/" NAME              ; a target registered in the gateway's config
+//!         | "sandbox/" NAME "/ssh"       ; the sandbox's SSH server (via its supervisor)
+//!         | "sandbox/" NAME "/port/" PORT; a loopback port inside the sandbox
+//!         | "relay/" ID                  ; a supervisor answering a relay request
+//! ```
+
+use std::fmt;
+
+/// Request header naming the target.
+pub const TARGET_HEADER: &str = "openshell-tunnel";
+/// Response header carrying why a tunnel was refused.
+pub const REASON_HEADER: &str = "openshell-reason";
+
+/// A parsed tunnel target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TunnelTarget {
+    Echo,
+    Service(String),
+    SandboxSsh(String),
+    SandboxPort(String, u16),
+    Relay(String),
+}
+
+impl TunnelTarget {
+    /// Parses the header value; `None` for anything outside the grammar.
+    pub fn parse(s: &str) -> Option<TunnelTarget> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let valid = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 128
+                && n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        match parts.as_slice() {
+            ["echo"] => Some(TunnelTarget::Echo),
+            ["service", n] if valid(n) => Some(TunnelTarget::Service(n.to_string())),
+            ["sandbox", n, "ssh"] if valid(n) => Some(TunnelTarget::SandboxSsh(n.to_string())),
+            ["sandbox", n, "port", p] if valid(n) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .map(|p| TunnelTarget::SandboxPort(n.to_string(), p)),
+            ["relay", id] if valid(id) => Some(TunnelTarget::Relay(id.to_string())),
+            _ => None,
+        }
+    }
+
+    /// Reads the target from request headers.
+    pub fn from_headers(headers: &http::HeaderMap) -> Option<TunnelTarget> {
+        headers
+            .get(TARGET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TunnelTarget::parse)
+    }
+}
+
+impl fmt::Display for TunnelTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TunnelTarget::Echo => write!(f, "echo"),
+            TunnelTarget::Service(n) => write!(f, "service/{n}"),
+            TunnelTarget::SandboxSsh(n) => write!(f, "sandbox/{n}/ssh"),
+            TunnelTarget::SandboxPort(n, p) => write!(f, "sandbox/{n}/port/{p}"),
+            TunnelTarget::Relay(id) => write!(f, "relay/{id}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        for t in [
+            TunnelTarget::Echo,
+            TunnelTarget::Service("db".into()),
+            TunnelTarget::SandboxSsh("my-box".into()),
+            TunnelTarget::SandboxPort("my-box".into(), 8080),
+            TunnelTarget::Relay("r1".into()),
+        ] {
+            assert_eq!(TunnelTarget::parse(&t.to_string()), Some(t));
+        }
+    }
+
+    #[test]
+    fn rejects_host_port_and_junk() {
+        for bad in [
+            "",
+            "10.0.0.1:22",
+            "service/",
+            "service/../etc",
+            "sandbox/a/port/0",
+            "sandbox/a/port/70000",
+            "sandbox/a b/ssh",
+            "echo/extra",
+        ] {
+            assert_eq!(TunnelTarget::parse(bad), None, "{bad}");
+        }
+    }
+}
