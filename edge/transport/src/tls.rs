@@ -274,3 +274,22 @@ impl ClientMaterial {
         Ok(cfg)
     }
 }
+
+/// Serial numbers (normalized like `Principal::serial`) revoked by these CRLs.
+pub fn revoked_serials(
+    crls: &[CertificateRevocationListDer<'static>],
+) -> Result<std::collections::HashSet<String>, TransportError> {
+    use x509_parser::prelude::FromDer;
+    let mut out = std::collections::HashSet::new();
+    for crl in crls {
+        let (_, parsed) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(crl.as_ref())
+                .map_err(|e| TransportError::Config(format!("CRL is not valid DER: {e}")))?;
+        for revoked in parsed.iter_revoked_certificates() {
+            out.insert(crate::identity::normalize_serial(
+                &revoked.raw_serial_as_string(),
+            ));
+        }
+    }
+    Ok(out)
+}

@@ -46,7 +46,13 @@ impl Endpoint {
     /// Parses a gateway URL. No scheme means https; no port means 17670; a path other than
     /// `/` is refused.
     pub fn parse(url: &str) -> Result<Endpoint, TransportError> {
-        let url = url.trim().trim_end_matches('/');
+        let url = url.trim();
+        if url.ends_with("://") {
+            return Err(TransportError::Config(format!(
+                "'{url}' has no host: expected https://HOST[:PORT]"
+            )));
+        }
+        let url = url.trim_end_matches('/');
         let with_scheme = if url.contains("://") {
             url.to_string()
         } else {

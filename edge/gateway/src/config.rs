@@ -1,0 +1,286 @@
+//! Gateway settings: command-line flags and `OPENSHELL_*` environment variables (read here
+//! and nowhere else), validated into a `GatewayConfig`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use openshell_transport::{Congestion, Listeners, QuicTuning};
+
+use crate::GatewayError;
+
+/// The OpenShell Edge gateway: control RPCs, SSH and port-forward tunnels and sandbox
+/// callbacks on one mTLS port (QUIC on UDP, TLS + HTTP/2 on TCP as the fallback).
+#[derive(Debug, Parser)]
+#[command(name = "openshell-gateway", version, about)]
+pub struct Args {
+    /// Address and port to listen on, for both UDP (QUIC) and TCP (fallback).
+    #[arg(long, env = "OPENSHELL_LISTEN", default_value = "127.0.0.1:17670")]
+    pub listen: SocketAddr,
+
+    /// State directory (database, default PKI directory, credential keys).
+    /// Default: $XDG_STATE_HOME/openshell/gateway (~/.local/state/openshell/gateway).
+    #[arg(long, env = "OPENSHELL_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// PKI directory made by `openshell pki init` (ca.crt, server/tls.{crt,key}, crl.pem).
+    /// Default: <state-dir>/pki.
+    #[arg(long, env = "OPENSHELL_PKI_DIR")]
+    pub pki_dir: Option<PathBuf>,
+
+    /// Server certificate (overrides <pki-dir>/server/tls.crt).
+    #[arg(long, env = "OPENSHELL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Server private key (overrides <pki-dir>/server/tls.key).
+    #[arg(long, env = "OPENSHELL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA bundle that client certificates must chain to (overrides the PKI's trust bundle).
+    #[arg(long, env = "OPENSHELL_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Serve plaintext HTTP/2 on TCP without TLS or authentication. Loopback only.
+    #[arg(long, env = "OPENSHELL_DISABLE_TLS")]
+    pub disable_tls: bool,
+
+    /// Plain-HTTP listener for /healthz, /readyz and Prometheus /metrics (off by default).
+    #[arg(long, env = "OPENSHELL_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
+    /// Which listeners to run on the port.
+    #[arg(long, value_delimiter = ',', default_value = "quic,tcp", env = "OPENSHELL_TRANSPORTS")]
+    pub transports: Vec<TransportArg>,
+
+    /// A named tunnel target clients may reach: NAME=HOST:PORT (repeatable). Clients name
+    /// the target (`service/NAME`); they can never choose an address themselves.
+    #[arg(long = "tunnel-target", value_name = "NAME=HOST:PORT")]
+    pub tunnel_targets: Vec<String>,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value = "human", env = "OPENSHELL_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log level filter (RUST_LOG takes precedence).
+    #[arg(long, default_value = "info", env = "OPENSHELL_LOG_LEVEL")]
+    pub log_level: String,
+
+    /// How long a graceful shutdown waits for in-flight work.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "OPENSHELL_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Duration,
+
+    /// QUIC keep-alive interval (must be below the idle timeout).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub quic_keep_alive: Duration,
+
+    /// QUIC idle timeout.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub quic_idle_timeout: Duration,
+
+    /// Concurrent bidirectional streams per connection (RPCs plus tunnels).
+    #[arg(long, default_value_t = 1024)]
+    pub quic_max_streams: u32,
+
+    /// Per-stream receive window in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub quic_stream_window: u32,
+
+    /// Per-connection receive window in bytes.
+    #[arg(long, default_value_t = 32 << 20)]
+    pub quic_connection_window: u32,
+
+    /// UDP socket buffer size request in bytes (capped by net.core.rmem_max).
+    #[arg(long, default_value_t = 4 << 20)]
+    pub udp_buffer: usize,
+
+    /// Congestion controller for data the gateway sends: cubic, newreno or bbr.
+    #[arg(long, default_value = "cubic", env = "OPENSHELL_CONGESTION")]
+    pub congestion: Congestion,
+
+    /// How often the PKI files are checked for changes (certificate rotation, revocation).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    Quic,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// `$XDG_STATE_HOME/openshell/gateway`, else `~/.local/state/openshell/gateway`.
+fn default_state_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib"));
+    base.join("openshell/gateway")
+}
+
+/// Parses `500ms`, `5s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("'{s}' has no unit: use ms, s, m or h (e.g. 10s)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration: use e.g. 500ms, 10s, 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("'{s}': unknown unit '{unit}', use ms, s, m or h")),
+    }
+}
+
+/// Where the TLS material comes from.
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    /// Optional: absent means nothing is revoked yet.
+    pub crl: PathBuf,
+    /// Extra trusted client CAs during a CA rotation (optional file).
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// Validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub listeners: Listeners,
+    pub state_dir: PathBuf,
+    /// `None` = plaintext (loopback only).
+    pub tls: Option<TlsPaths>,
+    pub health_listen: Option<SocketAddr>,
+    pub tunnel_targets: BTreeMap<String, String>,
+    pub tuning: QuicTuning,
+    pub shutdown_grace: Duration,
+    pub reload_interval: Duration,
+}
+
+impl Args {
+    pub fn into_config(self) -> Result<GatewayConfig, GatewayError> {
+        let state_dir = self
+            .state_dir
+            .unwrap_or_else(default_state_dir);
+        let tls = if self.disable_tls {
+            if !self.listen.ip().is_loopback() {
+                return Err(GatewayError::Config(format!(
+                    "--disable-tls is allowed only on a loopback address, not {}: listen on 127.0.0.1 or keep TLS",
+                    self.listen
+                )));
+            }
+            if self.tls_client_ca.is_some() {
+                return Err(GatewayError::Config(
+                    "--disable-tls conflicts with --tls-client-ca: plaintext has no client certificates".into(),
+                ));
+            }
+            None
+        } else {
+            let pki = self.pki_dir.unwrap_or_else(|| state_dir.join("pki"));
+            let bundle = pki.join("ca-bundle.pem");
+            Some(TlsPaths {
+                cert: self.tls_cert.unwrap_or_else(|| pki.join("server/tls.crt")),
+                key: self.tls_key.unwrap_or_else(|| pki.join("server/tls.key")),
+                client_ca: self.tls_client_ca.unwrap_or_else(|| pki.join("ca.crt")),
+                crl: pki.join("crl.pem"),
+                ca_bundle: Some(bundle),
+            })
+        };
+        let listeners = Listeners {
+            quic: self.transports.contains(&TransportArg::Quic) && tls.is_some(),
+            tcp: self.transports.contains(&TransportArg::Tcp),
+        };
+        if !listeners.quic && !listeners.tcp {
+            return Err(GatewayError::Config(if tls.is_none() {
+                "plaintext mode serves TCP only: include tcp in --transports".into()
+            } else {
+                "--transports must name quic, tcp or both".into()
+            }));
+        }
+        let mut tunnel_targets = BTreeMap::new();
+        for spec in &self.tunnel_targets {
+            let (name, addr) = spec.split_once('=').ok_or_else(|| {
+                GatewayError::Config(format!(
+                    "--tunnel-target '{spec}': expected NAME=HOST:PORT"
+                ))
+            })?;
+            if openshell_transport::TunnelTarget::parse(&format!("service/{name}")).is_none() {
+                return Err(GatewayError::Config(format!(
+                    "--tunnel-target '{spec}': the name may use letters, digits, '-', '_' and '.'"
+                )));
+            }
+            if !addr.contains(':') {
+                return Err(GatewayError::Config(format!(
+                    "--tunnel-target '{spec}': the address needs a port (HOST:PORT)"
+                )));
+            }
+            tunnel_targets.insert(name.to_string(), addr.to_string());
+        }
+        let tuning = QuicTuning {
+            keep_alive: self.quic_keep_alive,
+            idle_timeout: self.quic_idle_timeout,
+            max_bidi_streams: self.quic_max_streams,
+            stream_receive_window: self.quic_stream_window,
+            receive_window: self.quic_connection_window,
+            udp_buffer: self.udp_buffer,
+            congestion: self.congestion,
+            ..QuicTuning::default()
+        };
+        tuning.validate().map_err(|e| GatewayError::Config(e.to_string()))?;
+        Ok(GatewayConfig {
+            listen: self.listen,
+            listeners,
+            state_dir,
+            tls,
+            health_listen: self.health_listen,
+            tunnel_targets,
+            tuning,
+            shutdown_grace: self.shutdown_grace,
+            reload_interval: self.reload_interval,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("10").unwrap_err().contains("no unit"));
+        assert!(parse_duration("3x").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("-3s").is_err());
+    }
+
+    #[test]
+    fn plaintext_off_loopback_is_refused() {
+        let args = Args::parse_from(["openshell-gateway", "--disable-tls", "--listen", "0.0.0.0:1"]);
+        let err = args.into_config().unwrap_err().to_string();
+        assert!(err.contains("loopback"), "{err}");
+    }
+
+    #[test]
+    fn tunnel_target_needs_name_and_port() {
+        for bad in ["db", "d b=127.0.0.1:5", "db=localhost"] {
+            let args = Args::parse_from(["openshell-gateway", "--tunnel-target", bad]);
+            assert!(args.into_config().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The OpenShell Edge gateway: wiring of transport, authorization, services, persistence,
+//! health/metrics and TLS reload into one server.
+//!
+//! Owns: the gRPC service implementations, who-may-call-what (`auth`), where tunnels go
+//! (`tunnels`), the health listener, metrics and the TLS reload loop. Does not own: the
+//! wire (`openshell-transport`), storage (`openshell-store`), certificates (`openshell-pki`).
+
+pub mod auth;
+pub mod config;
+mod error;
+pub mod health;
+pub mod metrics;
+pub mod reload;
+pub mod services;
+pub mod tunnels;
+
+use std::sync::Arc;
+
+pub use error::GatewayError;
+
+use config::{GatewayConfig, LogFormat};
+use openshell_proto::diagnostics_server::DiagnosticsServer;
+use openshell_proto::open_shell_server::OpenShellServer;
+use openshell_proto::supervisor_server::SupervisorServer;
+use openshell_transport::{GrpcService, Server, ServerConfig};
+
+/// The gateway's version, reported by Health and GetGatewayInfo.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Installs the process-wide logger (binaries only).
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.with_ansi(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the gateway until `shutdown` resolves, then drains and returns.
+pub async fn run(
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    openshell_pki::fs::ensure_private_dir(&config.state_dir)?;
+    let db_path = config.state_dir.join("gateway.db");
+    let store: Arc<dyn openshell_store::Store> =
+        Arc::new(openshell_store::SqliteStore::open(&db_path)?);
+
+    let revocations = Arc::new(auth::Revocations::default());
+    let tls = match &config.tls {
+        Some(paths) => {
+            let (material, revoked) = reload::load(paths)?;
+            revocations.replace(revoked);
+            Some(openshell_transport::tls::ServerTls::new(&material)?)
+        }
+        None => {
+            tracing::warn!(
+                "TLS is disabled: plaintext HTTP/2 on loopback, no authentication (local development only)"
+            );
+            None
+        }
+    };
+
+    let rpc_metrics = Arc::new(metrics::RpcMetrics::default());
+    let facts = services::openshell::GatewayFacts {
+        name: "openshell".into(),
+        listen_addresses: Vec::new(),
+    };
+    let mut server_config = ServerConfig::new(config.listen, tls.clone());
+    server_config.listeners = config.listeners;
+    server_config.tuning = config.tuning.clone();
+    server_config.shutdown_grace = config.shutdown_grace;
+
+    // The listen address is known only after binding (port 0), so the service that reports
+    // it is built with a slot filled right after.
+    let facts_slot = Arc::new(std::sync::OnceLock::<services::openshell::GatewayFacts>::new());
+    let grpc = build_grpc(
+        store.clone(),
+        facts_slot.clone(),
+        tls.is_some(),
+        revocations.clone(),
+        rpc_metrics.clone(),
+    );
+    let tunnels = Arc::new(tunnels::Tunnels {
+        services: config.tunnel_targets.clone(),
+        tls: tls.is_some(),
+        revocations: revocations.clone(),
+    });
+    let server = Server::bind(server_config, grpc, tunnels).await?;
+    let addr = server.local_addr();
+    let mut listening = Vec::new();
+    if config.listeners.quic {
+        listening.push(format!("quic://{addr}"));
+    }
+    if config.listeners.tcp {
+        listening.push(format!("tcp://{addr}"));
+    }
+    let _ = facts_slot.set(services::openshell::GatewayFacts {
+        listen_addresses: listening.clone(),
+        ..facts
+    });
+
+    if let Some(health_addr) = config.health_listen {
+        let listener = health::bind(health_addr).await?;
+        let bound = listener.local_addr().unwrap_or(health_addr);
+        tracing::info!(addr = %bound, "health listener on http://{bound}");
+        tokio::spawn(health::serve(
+            listener,
+            health::HealthState {
+                store: store.clone(),
+                rpc: rpc_metrics.clone(),
+                transport: server.metrics(),
+                registry: server.registry(),
+            },
+        ));
+    }
+    if let (Some(paths), Some(tls)) = (config.tls.clone(), tls) {
+        tokio::spawn(reload::watch(
+            paths,
+            tls,
+            revocations,
+            server.registry(),
+            config.reload_interval,
+        ));
+    }
+    tracing::info!(addr = %addr, transports = %listening.join(","), "listening on {addr}");
+    server.serve(shutdown).await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+fn build_grpc(
+    store: Arc<dyn openshell_store::Store>,
+    facts: Arc<std::sync::OnceLock<services::openshell::GatewayFacts>>,
+    tls: bool,
+    revocations: Arc<auth::Revocations>,
+    rpc_metrics: Arc<metrics::RpcMetrics>,
+) -> GrpcService {
+    let openshell = services::openshell::OpenShellService { facts, store };
+    let routes = tonic::service::Routes::new(OpenShellServer::new(openshell))
+        .add_service(DiagnosticsServer::new(services::diagnostics::DiagnosticsService))
+        .add_service(SupervisorServer::new(services::supervisor::SupervisorService))
+        .prepare();
+    let layered = tower::ServiceBuilder::new()
+        .layer(auth::AuthLayer {
+            tls,
+            revocations,
+            metrics: rpc_metrics,
+        })
+        .service(routes);
+    GrpcService::new(layered)
+}

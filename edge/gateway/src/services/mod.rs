@@ -1,0 +1,5 @@
+//! The gRPC services the gateway serves.
+
+pub mod diagnostics;
+pub mod openshell;
+pub mod supervisor;

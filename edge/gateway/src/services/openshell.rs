@@ -1,0 +1,99 @@
+//! `openshell.v1.OpenShell`: the control plane users call. Methods not implemented here
+//! answer UNIMPLEMENTED through the generated defaults.
+
+use std::sync::Arc;
+
+use openshell_proto::open_shell_server::OpenShell;
+use openshell_proto::{
+    ComputeDriverInfo, GatewayInfo, GetCurrentUserRequest, GetGatewayInfoRequest, HealthRequest,
+    HealthResponse, Principal as WirePrincipal, ServingStatus,
+};
+use openshell_transport::RequestContext;
+use tonic::{Request, Response, Status};
+
+use crate::auth::Caller;
+
+/// Facts about this gateway that RPCs report.
+#[derive(Debug, Clone)]
+pub struct GatewayFacts {
+    pub name: String,
+    pub listen_addresses: Vec<String>,
+}
+
+pub struct OpenShellService {
+    /// Filled once the listeners are bound (the port may have been 0).
+    pub facts: Arc<std::sync::OnceLock<GatewayFacts>>,
+    pub store: Arc<dyn openshell_store::Store>,
+}
+
+pub(crate) fn wire_principal(c: &Caller) -> WirePrincipal {
+    let p = &c.0;
+    WirePrincipal {
+        subject: p.subject.clone(),
+        roles: p.roles.clone(),
+        auth: p.auth.as_str().to_string(),
+        certificate_serial: p.serial.clone(),
+        certificate_not_after_ms: p
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+    }
+}
+
+fn caller<T>(req: &Request<T>) -> Result<&Caller, Status> {
+    req.extensions()
+        .get::<Caller>()
+        .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+}
+
+impl OpenShellService {
+    async fn status(&self) -> ServingStatus {
+        match self.store.ping().await {
+            Ok(_) => ServingStatus::Healthy,
+            Err(_) => ServingStatus::Degraded,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl OpenShell for OpenShellService {
+    async fn health(&self, _req: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
+        Ok(Response::new(HealthResponse {
+            status: self.status().await as i32,
+            version: crate::VERSION.to_string(),
+        }))
+    }
+
+    async fn get_gateway_info(
+        &self,
+        req: Request<GetGatewayInfoRequest>,
+    ) -> Result<Response<GatewayInfo>, Status> {
+        let caller = caller(&req)?.clone();
+        let ctx = req.extensions().get::<RequestContext>();
+        Ok(Response::new(GatewayInfo {
+            gateway: self.facts.get().map(|f| f.name.clone()).unwrap_or_default(),
+            version: crate::VERSION.to_string(),
+            status: self.status().await as i32,
+            listen_addresses: self
+                .facts
+                .get()
+                .map(|f| f.listen_addresses.clone())
+                .unwrap_or_default(),
+            // No compute driver is compiled into this build yet; an empty list is the truth.
+            compute_drivers: Vec::<ComputeDriverInfo>::new(),
+            transport: ctx
+                .map(|c| c.conn.transport.as_str().to_string())
+                .unwrap_or_default(),
+            early_data: ctx.is_some_and(|c| c.early_data),
+            caller: Some(wire_principal(&caller)),
+        }))
+    }
+
+    async fn get_current_user(
+        &self,
+        req: Request<GetCurrentUserRequest>,
+    ) -> Result<Response<WirePrincipal>, Status> {
+        Ok(Response::new(wire_principal(caller(&req)?)))
+    }
+}
