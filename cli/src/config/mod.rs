@@ -1,8 +1,30 @@
 //! The on-disk gateway registry under `$XDG_CONFIG_HOME/openshell` (default
 //! `~/.config/openshell`) plus the read-only system layer (`/etc/openshell` or
 //! `OPENSHELL_SYSTEM_GATEWAY_DIR`), and the resolution of which gateway a command talks to.
+//!
+//! Owns: file layout and formats (`registry`, `metadata`), names (`name`), endpoint URLs
+//! (`endpoint`), resolution (`resolve`), mTLS bundle import (`bundle`), the browser login
+//! that fetches an edge token (`login`), and every environment variable the CLI reads (`env`).
+//! Does not own: connecting to a gateway (the transport takes a [`ResolvedGateway`]).
+
+pub mod bundle;
+pub mod endpoint;
+pub mod env;
+pub mod login;
+pub mod metadata;
+pub mod name;
+pub mod registry;
+pub mod resolve;
 
 use std::path::PathBuf;
+
+use crate::CliError;
+use crate::args::GlobalArgs;
+
+pub use endpoint::Endpoint;
+pub use env::Env;
+pub use name::GatewayName;
+pub use registry::{Layout, Registration};
 
 /// How the CLI authenticates to a gateway (`auth_mode` in metadata.json).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -11,6 +33,8 @@ pub enum AuthMode {
     /// Client certificate from `gateways/<name>/mtls/{ca.crt,tls.crt,tls.key}`.
     Mtls,
     /// Bearer token from `gateways/<name>/edge_token`, through an authenticating proxy (TCP).
+    /// Upstream's `cloudflare_jwt` reads as this.
+    #[serde(alias = "cloudflare_jwt")]
     Edge,
     /// `http://` loopback or port-forward: no TLS, no credentials.
     Plaintext,
@@ -42,4 +66,62 @@ pub struct ResolvedGateway {
     /// Per-user directory for this gateway (`gateways/<name>`), where the transport keeps
     /// what it learned (e.g. which path worked last: `transport.json`).
     pub user_dir: PathBuf,
+}
+
+impl AuthMode {
+    /// The name stored in metadata.json and shown by `gateway list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Mtls => "mtls",
+            AuthMode::Edge => "edge",
+            AuthMode::Plaintext => "plaintext",
+        }
+    }
+}
+
+impl std::fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::User => "user",
+            Source::System => "system",
+            Source::Endpoint => "endpoint",
+        }
+    }
+}
+
+/// Resolves the gateway a command talks to from the global flags and the process
+/// environment: `--gateway-endpoint`, then `-g`, then `OPENSHELL_GATEWAY`, then the user's
+/// and the system's `active_gateway` (see [`resolve::resolve_in`]).
+pub fn resolve(global: &GlobalArgs) -> Result<ResolvedGateway, CliError> {
+    let env = Env::process();
+    resolve::resolve_in(
+        &Layout::from_env(env),
+        env,
+        global.gateway.as_deref(),
+        global.gateway_endpoint.as_deref(),
+    )
+}
+
+/// Records which transport path (`quic` or `tcp`) last reached a user-registered gateway in
+/// its metadata.json (shown by `gateway list`). System and endpoint-only gateways have no
+/// per-user metadata, so nothing is written for them.
+pub fn record_transport_used(gateway: &ResolvedGateway, transport: &str) -> Result<(), CliError> {
+    if gateway.source != Source::User {
+        return Ok(());
+    }
+    let path = gateway.user_dir.join(registry::METADATA_FILE);
+    let (mut meta, _) = metadata::GatewayMetadata::load(&path)
+        .map_err(|e| CliError::msg(format!("cannot update {}: {e}", path.display())))?;
+    if meta.transport_last_used.as_deref() == Some(transport) {
+        return Ok(());
+    }
+    meta.transport_last_used = Some(transport.to_string());
+    openshell_pki::fs::write_public(&path, &meta.to_json())?;
+    Ok(())
 }
