@@ -25,17 +25,21 @@
 //! # Seams for later
 //!
 //! Several gateway replicas sharing state need a Postgres backend. It is meant to be one
-//! more implementation of [`Store`], added without touching callers: the resource version
-//! becomes a database sequence (still store-wide and monotonic), [`Store::subscribe`] is fed
-//! by `LISTEN/NOTIFY`, and the conformance suite runs against it unchanged. Ownership of
+//! more implementation of [`Store`], added without touching callers, and run through the
+//! same conformance suite. Two points to carry over: the resource version must stay in
+//! commit order, so allocate it from a counter row updated inside the write transaction
+//! (as the SQLite backend does; a plain `SEQUENCE` hands out numbers in start order, not
+//! commit order), and [`Store::subscribe`] would be fed by `LISTEN/NOTIFY`. Ownership of
 //! sandbox supervisor sessions by edges is meant to be stored as ordinary objects
 //! ([`ObjectKind::SUPERVISOR_SESSION`]) so scale-out adds data, not a second mechanism.
 //!
 //! ```text
-//!   gateway handlers ──► Arc<dyn Store> ──┬─► SqliteStore ──spawn_blocking──► Mutex<Connection> ──► state.db (WAL)
+//!   gateway handlers ──► Arc<dyn Store> ──┬─► SqliteStore ──spawn_blocking──► Mutex<Connection>
+//!                                         │                                        │
+//!                                         │                              <state>/openshell.db (WAL)
 //!                                         ├─► MemoryStore (tests)
 //!                                         └─► (later) Postgres
-//!   provider handler ──► SecretBox::seal(credentials, aad = provider id) ──► payload
+//!   provider handler ──► SecretBox::seal(credentials, aad = provider id) ──► object payload
 //! ```
 
 mod error;
@@ -83,6 +87,12 @@ pub const DEFAULT_EVENT_BUFFER: usize = 1024;
 ///   whose version is not newer than what the listing returned for that object.
 ///
 /// Failed writes consume no version and emit no event.
+///
+/// # Cancellation
+///
+/// Dropping the future of a write does not undo it: once started, the write runs to
+/// completion (and emits its event) even if nobody awaits the result. Callers that need to
+/// know must read back.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// Stores a new object. Fails with [`StoreError::AlreadyExists`] if an object of the

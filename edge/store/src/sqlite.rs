@@ -77,6 +77,10 @@ const COLUMNS: &str =
     "id, kind, name, labels, payload, resource_version, created_at_ms, updated_at_ms";
 
 impl SqliteStore {
+    /// The database's file name inside the gateway's state directory, as the existing
+    /// OpenShell gateway names it.
+    pub const DEFAULT_FILE_NAME: &'static str = "openshell.db";
+
     /// Opens (creating if needed) the database at `path` with default options.
     ///
     /// See [`open_with`](Self::open_with).
@@ -161,7 +165,11 @@ fn configure(conn: &Connection, path: &Path, options: &SqliteOptions) -> Result<
         .map_err(err)?;
     if !mode.eq_ignore_ascii_case("wal") {
         // Happens on filesystems without shared memory support (some network mounts).
-        tracing::warn!(path = %path.display(), journal_mode = %mode, "WAL unavailable; using the reported journal mode");
+        tracing::warn!(
+            path = %path.display(),
+            journal_mode = %mode,
+            "WAL unavailable; using the reported journal mode"
+        );
     }
     // NORMAL is durable across application crashes in WAL mode; a power cut may lose the
     // last transactions but never corrupts the file.
