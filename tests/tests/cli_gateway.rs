@@ -922,6 +922,14 @@ fn resolution_order_flag_env_active() {
     );
     assert_eq!(r["name"], "b");
     assert_eq!(r["source"], "user");
+    // OPENSHELL_GATEWAY_ENDPOINT stands in for the flag (as upstream); the flag wins.
+    let r = sb.resolve(&[], &[("OPENSHELL_GATEWAY_ENDPOINT", "http://127.0.0.1:2")]);
+    assert_eq!(r["name"], "b");
+    let r = sb.resolve(
+        &["--gateway-endpoint", "http://127.0.0.1:1"],
+        &[("OPENSHELL_GATEWAY_ENDPOINT", "http://127.0.0.1:2")],
+    );
+    assert_eq!(r["name"], "a");
     let r = sb.resolve(&["--gateway-endpoint", "http://127.0.0.1:7777"], &[]);
     assert_eq!(r["name"], "http://127.0.0.1:7777");
     assert_eq!(r["source"], "endpoint");

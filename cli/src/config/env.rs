@@ -18,6 +18,9 @@ pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Env {
     /// `OPENSHELL_GATEWAY`: gateway name overriding the active one. Blank counts as unset.
     pub gateway: Option<String>,
+    /// `OPENSHELL_GATEWAY_ENDPOINT`: endpoint URL used when `--gateway-endpoint` is absent
+    /// (as upstream). Blank counts as unset.
+    pub gateway_endpoint: Option<String>,
     /// `OPENSHELL_SYSTEM_GATEWAY_DIR` as given (validated by [`Env::system_dir`]).
     pub system_gateway_dir: Option<String>,
     /// `XDG_CONFIG_HOME`; only an absolute value counts (XDG base directory spec).
@@ -50,6 +53,7 @@ impl Env {
         let non_blank = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         Env {
             gateway: non_blank("OPENSHELL_GATEWAY").map(|v| v.trim().to_string()),
+            gateway_endpoint: non_blank("OPENSHELL_GATEWAY_ENDPOINT").map(|v| v.trim().to_string()),
             system_gateway_dir: get("OPENSHELL_SYSTEM_GATEWAY_DIR"),
             xdg_config_home: non_blank("XDG_CONFIG_HOME")
                 .map(PathBuf::from)

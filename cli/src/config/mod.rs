@@ -4,7 +4,8 @@
 //!
 //! Owns: file layout and formats (`registry`, `metadata`), names (`name`), endpoint URLs
 //! (`endpoint`), resolution (`resolve`), mTLS bundle import (`bundle`), the browser login
-//! that fetches an edge token (`login`), and every environment variable the CLI reads (`env`).
+//! that fetches an edge token (`login`), and the CLI's `OPENSHELL_*`, `XDG_CONFIG_HOME` and
+//! `HOME` variables (`env`, the one place they are read).
 //! Does not own: connecting to a gateway (the transport takes a [`ResolvedGateway`]).
 
 pub mod bundle;
@@ -96,15 +97,26 @@ impl Source {
 }
 
 /// Resolves the gateway a command talks to from the global flags and the process
-/// environment: `--gateway-endpoint`, then `-g`, then `OPENSHELL_GATEWAY`, then the user's
-/// and the system's `active_gateway` (see [`resolve::resolve_in`]).
+/// environment: `--gateway-endpoint` (or `OPENSHELL_GATEWAY_ENDPOINT`), then `-g`, then
+/// `OPENSHELL_GATEWAY`, then the user's and the system's `active_gateway` (see
+/// [`resolve::resolve_in`]). Nothing selected is upstream's "No active gateway." error.
 pub fn resolve(global: &GlobalArgs) -> Result<ResolvedGateway, CliError> {
+    resolve_optional(global)?.ok_or_else(resolve::no_active_gateway)
+}
+
+/// As [`resolve`], but `Ok(None)` when nothing selects a gateway (for `status`, which
+/// reports "No gateway configured." and exits 0). Unknown names and corrupt metadata are
+/// still errors.
+pub fn resolve_optional(global: &GlobalArgs) -> Result<Option<ResolvedGateway>, CliError> {
     let env = Env::process();
-    resolve::resolve_in(
+    resolve::resolve_optional_in(
         &Layout::from_env(env),
         env,
         global.gateway.as_deref(),
-        global.gateway_endpoint.as_deref(),
+        global
+            .gateway_endpoint
+            .as_deref()
+            .or(env.gateway_endpoint.as_deref()),
     )
 }
 

@@ -45,14 +45,28 @@ pub fn resolve_in(
     gateway_flag: Option<&str>,
     endpoint_flag: Option<&str>,
 ) -> Result<ResolvedGateway, CliError> {
+    resolve_optional_in(layout, env, gateway_flag, endpoint_flag)?.ok_or_else(no_active_gateway)
+}
+
+/// As [`resolve_in`], but `Ok(None)` when nothing selects a gateway (no flag, no env, no
+/// active file): for commands such as `status` that report "not configured" instead of
+/// failing.
+pub fn resolve_optional_in(
+    layout: &Layout,
+    env: &Env,
+    gateway_flag: Option<&str>,
+    endpoint_flag: Option<&str>,
+) -> Result<Option<ResolvedGateway>, CliError> {
     if let Some(url) = endpoint_flag {
-        return resolve_endpoint(layout, env, gateway_flag, url);
+        return resolve_endpoint(layout, env, gateway_flag, url).map(Some);
     }
-    let name = selected_name(layout, env, gateway_flag)?.ok_or_else(no_active_gateway)?;
+    let Some(name) = selected_name(layout, env, gateway_flag)? else {
+        return Ok(None);
+    };
     let reg = layout
         .lookup(&name)?
         .ok_or_else(|| unknown_gateway(&name))?;
-    from_registration(layout, &reg)
+    from_registration(layout, &reg).map(Some)
 }
 
 /// `Unknown gateway '<n>'.` with upstream's two hint lines.
@@ -133,4 +147,82 @@ fn resolve_endpoint(
         edge_token_path,
         user_dir,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::metadata::GatewayMetadata;
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        layout: Layout,
+    }
+
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(Some(tmp.path().join("user")), tmp.path().join("system"));
+        Fixture { _tmp: tmp, layout }
+    }
+
+    fn register(layout: &Layout, name: &str, url: &str) {
+        let ep = Endpoint::parse_input(url).unwrap();
+        let meta = GatewayMetadata::new(name, &ep, false, AuthMode::Plaintext);
+        layout
+            .write_metadata(&GatewayName::parse(name).unwrap(), &meta)
+            .unwrap();
+    }
+
+    fn env_with_gateway(name: Option<&str>) -> Env {
+        Env {
+            gateway: name.map(str::to_string),
+            ..Env::default()
+        }
+    }
+
+    #[test]
+    fn flag_beats_env_beats_active() {
+        let f = fixture();
+        register(&f.layout, "a", "http://127.0.0.1:1");
+        register(&f.layout, "b", "http://127.0.0.1:2");
+        f.layout
+            .set_active(&GatewayName::parse("a").unwrap())
+            .unwrap();
+        let none = env_with_gateway(None);
+        let env_b = env_with_gateway(Some("b"));
+        assert_eq!(resolve_in(&f.layout, &none, None, None).unwrap().name, "a");
+        assert_eq!(resolve_in(&f.layout, &env_b, None, None).unwrap().name, "b");
+        assert_eq!(
+            resolve_in(&f.layout, &env_b, Some("a"), None).unwrap().name,
+            "a"
+        );
+        let by_url = resolve_in(&f.layout, &none, Some("a"), Some("http://127.0.0.1:2/")).unwrap();
+        assert_eq!((by_url.name.as_str(), by_url.source), ("b", Source::User));
+    }
+
+    #[test]
+    fn nothing_selected_is_none_or_the_upstream_error() {
+        let f = fixture();
+        let none = env_with_gateway(None);
+        assert!(
+            resolve_optional_in(&f.layout, &none, None, None)
+                .unwrap()
+                .is_none()
+        );
+        let err = resolve_in(&f.layout, &none, None, None).unwrap_err();
+        assert!(err.to_string().starts_with("No active gateway."), "{err}");
+        let err = resolve_in(&f.layout, &none, Some("x"), None).unwrap_err();
+        assert!(err.to_string().starts_with("Unknown gateway 'x'."), "{err}");
+    }
+
+    #[test]
+    fn raw_endpoint_uses_default_name_for_credentials() {
+        let f = fixture();
+        let none = env_with_gateway(None);
+        let r = resolve_in(&f.layout, &none, None, Some("127.0.0.1:9")).unwrap();
+        assert_eq!(r.name, "https://127.0.0.1:9");
+        assert_eq!(r.source, Source::Endpoint);
+        assert_eq!(r.auth, AuthMode::Mtls);
+        assert!(r.mtls_dir.ends_with("gateways/openshell/mtls"));
+    }
 }
