@@ -215,7 +215,8 @@ fn db_error(path: &Path, doing: &str, e: rusqlite::Error) -> StoreError {
         },
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
             StoreError::Unavailable(format!(
-                "database {shown} stayed locked by another process while trying to {doing}: {e}; retry, and look for processes holding the file"
+                "database {shown} stayed locked by another process while trying to {doing}: \
+                 {e}; retry, and look for processes holding the file"
             ))
         }
         Some(ErrorCode::DiskFull) => StoreError::Unavailable(format!(
