@@ -100,7 +100,9 @@ impl Forwarder {
             }
             Err(_) => {
                 let _ = thread.join();
-                Err(Error::Unavailable("the forwarder thread died while starting".into()))
+                Err(Error::Unavailable(
+                    "the forwarder thread died while starting".into(),
+                ))
             }
         }
     }

@@ -187,7 +187,12 @@ impl fmt::Display for Impairment {
             write!(f, " burst-loss p={}% r={}%", ge.p * 100.0, ge.r * 100.0)?;
         }
         if let Some(r) = self.reorder {
-            write!(f, " reorder {}% +{:?}", r.probability * 100.0, r.extra_delay)?;
+            write!(
+                f,
+                " reorder {}% +{:?}",
+                r.probability * 100.0,
+                r.extra_delay
+            )?;
         }
         if let Some(rate) = self.rate_bps {
             write!(f, " rate {rate} bit/s")?;
@@ -352,19 +357,31 @@ mod tests {
     fn refuses_out_of_range_settings_naming_field_and_range() {
         let ms = Duration::from_millis;
         let e = err(Impairment::builder().loss(1.5));
-        assert!(e.contains("invalid loss: 150%") && e.contains("0%..=100%"), "{e}");
+        assert!(
+            e.contains("invalid loss: 150%") && e.contains("0%..=100%"),
+            "{e}"
+        );
         let e = err(Impairment::builder().loss(-0.01));
         assert!(e.contains("invalid loss: -1%"), "{e}");
         let e = err(Impairment::builder().loss(f64::NAN));
         assert!(e.contains("invalid loss"), "{e}");
         let e = err(Impairment::builder().delay(ms(10)).jitter(ms(11)));
-        assert!(e.contains("invalid jitter: 11ms") && e.contains("0..=10ms"), "{e}");
+        assert!(
+            e.contains("invalid jitter: 11ms") && e.contains("0..=10ms"),
+            "{e}"
+        );
         let e = err(Impairment::builder().delay(Duration::from_secs(61)));
         assert!(e.contains("invalid delay") && e.contains("0s..=60s"), "{e}");
         let e = err(Impairment::builder().rate_bps(0));
-        assert!(e.contains("invalid rate: 0 bit/s") && e.contains("1kbit"), "{e}");
+        assert!(
+            e.contains("invalid rate: 0 bit/s") && e.contains("1kbit"),
+            "{e}"
+        );
         let e = err(Impairment::builder().queue_limit(0));
-        assert!(e.contains("invalid queue: 0 packets") && e.contains("1..=1000000"), "{e}");
+        assert!(
+            e.contains("invalid queue: 0 packets") && e.contains("1..=1000000"),
+            "{e}"
+        );
         let e = err(Impairment::builder().burst_loss(GilbertElliott::new(0.1, 0.0)));
         assert!(e.contains("invalid burst-loss r"), "{e}");
         let e = err(Impairment::builder().burst_loss(GilbertElliott::new(2.0, 0.5)));

@@ -54,6 +54,5 @@ pub use impairment::{
 pub use link::{DEFAULT_MTU, Direction, Endpoint, Link, LinkBuilder, Side};
 pub use netns::{NETNS_PREFIX, list_namespaces, owner_pid, preflight, remove_stale};
 pub use shaper::{
-    DirectionStats, DropReason, Lane, ReleaseQueue, Released, Shaper, Verdict,
-    serialization_time,
+    DirectionStats, DropReason, Lane, ReleaseQueue, Released, Shaper, Verdict, serialization_time,
 };

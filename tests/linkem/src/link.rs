@@ -152,6 +152,17 @@ impl LinkBuilder {
             let ns = netns::namespace_name(pid, n, side);
             netns::add(&ns)?;
             guard.0.push(ns.clone());
+            // The link is IPv4 only. Devices moved in after this get no IPv6, so the kernel
+            // does not send router solicitations and MLD reports across the link, which
+            // would show up in the counters and in loss measurements.
+            netns::ip(&[
+                "netns",
+                "exec",
+                &ns,
+                "sh",
+                "-c",
+                "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
+            ])?;
             // Device names are global until moved: make them unique per process and link.
             // "os" + pid (<= 7 hex) + "x" + n (4 hex) + side <= 15 bytes (IFNAMSIZ - 1).
             let device = format!("os{pid:x}x{:x}{side}", n & 0xffff);
@@ -163,7 +174,9 @@ impl LinkBuilder {
             netns::ip(&[
                 "-n", &ns, "addr", "add", &addr_s, "peer", &peer_s, "dev", &device,
             ])?;
-            netns::ip(&["-n", &ns, "link", "set", "dev", &device, "mtu", &mtu_s, "up"])?;
+            netns::ip(&[
+                "-n", &ns, "link", "set", "dev", &device, "mtu", &mtu_s, "up",
+            ])?;
             netns::ip(&["-n", &ns, "link", "set", "dev", "lo", "up"])?;
             fds.push(fd);
             endpoints.push(Endpoint {
@@ -314,7 +327,10 @@ impl Link {
 
     /// The I/O error that stopped the forwarder, if it stopped.
     pub fn forwarder_error(&self) -> Option<String> {
-        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Tear down now, reporting the first error.

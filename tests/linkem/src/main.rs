@@ -14,9 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use openshell_linkem::probe::{ProbeConfig, run_echo, run_probe};
-use openshell_linkem::{
-    Direction, GilbertElliott, Impairment, JitterOrder, Link, Side, parse,
-};
+use openshell_linkem::{Direction, GilbertElliott, Impairment, JitterOrder, Link, Side, parse};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
@@ -115,16 +113,16 @@ enum Which {
 #[derive(Args)]
 struct ImpairmentArgs {
     /// One-way delay, e.g. 50ms (0..=60s).
-    #[arg(long, default_value = "0", value_parser = parse::duration)]
+    #[arg(long, default_value = "0", value_parser = parse::duration, allow_hyphen_values = true)]
     delay: Duration,
     /// Uniform jitter half-width, e.g. 5ms (0..=delay).
-    #[arg(long, default_value = "0", value_parser = parse::duration)]
+    #[arg(long, default_value = "0", value_parser = parse::duration, allow_hyphen_values = true)]
     jitter: Duration,
     /// Let jitter reorder packets (default: keep order).
     #[arg(long)]
     jitter_reorder: bool,
     /// Independent loss, e.g. 2% or 0.02.
-    #[arg(long, value_parser = parse::probability)]
+    #[arg(long, value_parser = parse::probability, allow_hyphen_values = true)]
     loss: Option<f64>,
     /// Gilbert-Elliott burst loss p,r (Good->Bad, Bad->Good), e.g. 1%,30%.
     #[arg(long, value_parser = parse::burst_loss)]
@@ -335,7 +333,10 @@ async fn up(args: LinkArgs, duration: Option<Duration>) -> Result<ExitCode, Fail
 async fn run_commands(args: LinkArgs, commands: Vec<OsString>) -> Result<ExitCode, Failure> {
     let mut parts = commands.splitn(2, |a| a == "--");
     let cmd_a = parts.next().unwrap_or_default().to_vec();
-    let cmd_b = parts.next().map(<[OsString]>::to_vec).filter(|c| !c.is_empty());
+    let cmd_b = parts
+        .next()
+        .map(<[OsString]>::to_vec)
+        .filter(|c| !c.is_empty());
     if cmd_a.is_empty() {
         return Err(usage(anyhow::anyhow!(
             "missing CMD_A: use `openshell-linkem run [FLAGS] -- CMD_A... [-- CMD_B...]`"

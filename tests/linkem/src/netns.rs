@@ -106,12 +106,18 @@ pub fn remove_stale() -> Result<Vec<String>> {
         let Some(pid) = owner_pid(&name) else {
             continue;
         };
-        let stale = if pid == me { !*first_done } else { !pid_alive(pid) };
+        let stale = if pid == me {
+            !*first_done
+        } else {
+            !pid_alive(pid)
+        };
         if stale {
             match ip(&["netns", "delete", &name]) {
                 Ok(_) => removed.push(name),
                 // Another process may have removed it first.
-                Err(e) => tracing::warn!(netns = %name, error = %e, "cannot remove stale namespace"),
+                Err(e) => {
+                    tracing::warn!(netns = %name, error = %e, "cannot remove stale namespace")
+                }
             }
         }
     }

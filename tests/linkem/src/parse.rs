@@ -179,9 +179,24 @@ mod tests {
         assert_eq!(probability("100%").unwrap(), 1.0);
         // Parsed; the builder refuses it naming the field.
         assert_eq!(probability("150%").unwrap(), 1.5);
-        assert!(probability("2").unwrap_err().to_string().contains("write a percentage"));
-        assert!(probability("-1%").unwrap_err().to_string().contains("negative"));
-        assert!(probability("2x").unwrap_err().to_string().contains("unknown unit"));
+        assert!(
+            probability("2")
+                .unwrap_err()
+                .to_string()
+                .contains("write a percentage")
+        );
+        assert!(
+            probability("-1%")
+                .unwrap_err()
+                .to_string()
+                .contains("negative")
+        );
+        assert!(
+            probability("2x")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown unit")
+        );
     }
 
     #[test]
@@ -190,15 +205,30 @@ mod tests {
         assert_eq!(rate("1.5Gbit").unwrap(), 1_500_000_000);
         assert_eq!(rate("512kbit").unwrap(), 512_000);
         assert_eq!(rate("0bit").unwrap(), 0); // refused by the builder with the range
-        assert!(rate("100").unwrap_err().to_string().contains("missing unit"));
-        assert!(rate("10mbps").unwrap_err().to_string().contains("bits per second"));
+        assert!(
+            rate("100")
+                .unwrap_err()
+                .to_string()
+                .contains("missing unit")
+        );
+        assert!(
+            rate("10mbps")
+                .unwrap_err()
+                .to_string()
+                .contains("bits per second")
+        );
     }
 
     #[test]
     fn pairs() {
         let ge = burst_loss("1%,30%").unwrap();
         assert_eq!((ge.p, ge.r), (0.01, 0.3));
-        assert!(burst_loss("1%").unwrap_err().to_string().contains("expected p,r"));
+        assert!(
+            burst_loss("1%")
+                .unwrap_err()
+                .to_string()
+                .contains("expected p,r")
+        );
         assert_eq!(
             reorder("25%,10ms").unwrap(),
             (0.25, Duration::from_millis(10))

@@ -170,7 +170,9 @@ pub fn run_probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
             break;
         }
         sock.set_read_timeout(Some(
-            until.saturating_duration_since(now).max(Duration::from_micros(100)),
+            until
+                .saturating_duration_since(now)
+                .max(Duration::from_micros(100)),
         ))?;
         match sock.recv(&mut buf) {
             Ok(n) if n >= HEADER && &buf[..4] == MAGIC => {
@@ -218,7 +220,10 @@ mod tests {
     fn nearest_rank_percentiles() {
         let mut v: Vec<_> = (1..=100).rev().map(Duration::from_millis).collect();
         let s = summarize(&mut v).unwrap();
-        assert_eq!((s.min, s.p50, s.p95, s.p99, s.max), (1.0, 50.0, 95.0, 99.0, 100.0));
+        assert_eq!(
+            (s.min, s.p50, s.p95, s.p99, s.max),
+            (1.0, 50.0, 95.0, 99.0, 100.0)
+        );
         assert!((s.mean - 50.5).abs() < 1e-9);
         assert_eq!(summarize(&mut []), None);
     }

@@ -34,7 +34,10 @@ fn fixed_delay_is_exact_and_nothing_leaves_early() {
     let rest = drain(&mut lane, t0 + ms(60));
     assert_eq!(rest, (1..100).collect::<Vec<_>>());
     let s = lane.stats();
-    assert_eq!((s.packets_in, s.packets_out, s.bytes_out), (100, 100, 120_000));
+    assert_eq!(
+        (s.packets_in, s.packets_out, s.bytes_out),
+        (100, 100, 120_000)
+    );
 }
 
 #[test]
@@ -145,7 +148,10 @@ fn bernoulli_loss_rate_within_statistical_bounds() {
         assert!((observed - p).abs() < bound, "p {p}: observed {observed}");
         // Independent losses: mean run length is 1 / (1 - p).
         let mean_run = bursts.iter().sum::<u64>() as f64 / bursts.len() as f64;
-        assert!((mean_run - 1.0 / (1.0 - p)).abs() < 0.05, "p {p}: run {mean_run}");
+        assert!(
+            (mean_run - 1.0 / (1.0 - p)).abs() < 0.05,
+            "p {p}: run {mean_run}"
+        );
     }
     let none = Impairment::builder().build().unwrap();
     assert_eq!(loss_fraction(none, 1, 10_000).0, 0.0);
@@ -233,7 +239,11 @@ fn queue_limit_tail_drops_and_frees_as_packets_leave() {
     let mut lane = Lane::new(imp, 1);
     let t0 = Instant::now();
     let verdicts: Vec<_> = (0..15).map(|i| lane.push(t0, 100, i)).collect();
-    assert!(verdicts[..10].iter().all(|v| matches!(v, Verdict::DeliverAt(_))));
+    assert!(
+        verdicts[..10]
+            .iter()
+            .all(|v| matches!(v, Verdict::DeliverAt(_)))
+    );
     assert!(
         verdicts[10..]
             .iter()
@@ -245,7 +255,10 @@ fn queue_limit_tail_drops_and_frees_as_packets_leave() {
         lane.push(t0 + ms(99), 100, 99),
         Verdict::Drop(DropReason::QueueFull)
     );
-    assert!(matches!(lane.push(t0 + ms(100), 100, 100), Verdict::DeliverAt(_)));
+    assert!(matches!(
+        lane.push(t0 + ms(100), 100, 100),
+        Verdict::DeliverAt(_)
+    ));
     assert_eq!(drain(&mut lane, t0 + ms(100)).len(), 10);
     assert_eq!(lane.queued(), 1);
 
@@ -281,7 +294,10 @@ fn explicit_reorder_holds_back_the_configured_share() {
     let s = lane.stats();
     assert_eq!(s.reordered, held_back);
     let share = held_back as f64 / n as f64;
-    assert!((share - 0.1).abs() < 5.0 * (0.09f64 / n as f64).sqrt(), "{share}");
+    assert!(
+        (share - 0.1).abs() < 5.0 * (0.09f64 / n as f64).sqrt(),
+        "{share}"
+    );
 }
 
 #[test]
@@ -294,10 +310,7 @@ fn runtime_change_applies_to_new_packets_without_reordering_old_ones() {
     // Keep-order: the faster setting cannot overtake what is in flight...
     assert_eq!(deliver_at(lane.push(t0 + ms(1), 100, 1)), first);
     // ...but applies once the old packets are gone.
-    assert_eq!(
-        deliver_at(lane.push(t0 + ms(100), 100, 2)),
-        t0 + ms(110)
-    );
+    assert_eq!(deliver_at(lane.push(t0 + ms(100), 100, 2)), t0 + ms(110));
     assert_eq!(drain(&mut lane, t0 + ms(200)), vec![0, 1, 2]);
     lane.set_impairment(Impairment::builder().loss(1.0).build().unwrap());
     assert_eq!(
@@ -358,29 +371,31 @@ fn impairment_strategy() -> impl Strategy<Value = Impairment> {
         proptest::option::of(1_000u64..1_000_000_000),
         1usize..200,
     )
-        .prop_map(|(delay, jitter_pct, keep, loss, ge, reorder, rate, queue)| {
-            let delay = ms(delay);
-            let mut b = Impairment::builder()
-                .delay(delay)
-                .jitter(delay * jitter_pct as u32 / 100)
-                .jitter_order(if keep {
-                    JitterOrder::Keep
-                } else {
-                    JitterOrder::Reorder
-                })
-                .loss(loss)
-                .queue_limit(queue);
-            if let Some((p, r)) = ge {
-                b = b.burst_loss(GilbertElliott::new(p, r));
-            }
-            if let Some((p, extra)) = reorder {
-                b = b.reorder(p, ms(extra));
-            }
-            if let Some(rate) = rate {
-                b = b.rate_bps(rate);
-            }
-            b.build().expect("strategy only makes valid impairments")
-        })
+        .prop_map(
+            |(delay, jitter_pct, keep, loss, ge, reorder, rate, queue)| {
+                let delay = ms(delay);
+                let mut b = Impairment::builder()
+                    .delay(delay)
+                    .jitter(delay * jitter_pct as u32 / 100)
+                    .jitter_order(if keep {
+                        JitterOrder::Keep
+                    } else {
+                        JitterOrder::Reorder
+                    })
+                    .loss(loss)
+                    .queue_limit(queue);
+                if let Some((p, r)) = ge {
+                    b = b.burst_loss(GilbertElliott::new(p, r));
+                }
+                if let Some((p, extra)) = reorder {
+                    b = b.reorder(p, ms(extra));
+                }
+                if let Some(rate) = rate {
+                    b = b.rate_bps(rate);
+                }
+                b.build().expect("strategy only makes valid impairments")
+            },
+        )
 }
 
 proptest! {
