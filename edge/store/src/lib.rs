@@ -52,6 +52,8 @@ mod sqlite;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+#[cfg(test)]
+mod differential_tests;
 
 use std::time::Duration;
 
