@@ -31,9 +31,10 @@ use crate::{DEFAULT_EVENT_BUFFER, Store, fsutil};
 
 mod migrations;
 
-/// Tunables for [`SqliteStore::open_with`].
+/// Tunables for [`SqliteStore::open_with`]. Build with struct update syntax,
+/// `SqliteOptions { busy_timeout, ..SqliteOptions::default() }`, so added fields keep
+/// their defaults.
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct SqliteOptions {
     /// How long a statement waits for a lock held by another connection (e.g. an operator
     /// running `sqlite3` on the file) before failing with [`StoreError::Unavailable`].
