@@ -402,6 +402,15 @@ impl Pki {
             "-days",
             "1",
         ]);
+        ossl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "other.key",
+        ]);
         Pki { dir }
     }
 
@@ -414,6 +423,8 @@ impl Pki {
         let text: String = parts.iter().map(|p| self.read(p)).collect();
         let path = self.dir.join(file);
         std::fs::write(&path, text).unwrap();
+        // It holds a private key: owner-only, or the CLI refuses it.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         path
     }
 }
@@ -493,7 +504,8 @@ fn partial_or_missing_bundle_is_refused() {
         ])
         .fails();
     assert!(
-        r.stderr.contains("missing the client private key"),
+        r.stderr
+            .contains("expected exactly one private key, found 0"),
         "{}",
         r.stderr
     );
@@ -510,7 +522,39 @@ fn partial_or_missing_bundle_is_refused() {
         ])
         .fails();
     assert!(
-        r.stderr.contains("missing a second certificate"),
+        r.stderr.contains("no CA certificate in the bundle"),
+        "{}",
+        r.stderr
+    );
+    let wrong_key = pki.bundle("wrongkey.pem", &["ca.crt", "client.crt", "other.key"]);
+    let r = sb
+        .run(&[
+            "gateway",
+            "add",
+            "https://gw.test",
+            "--name",
+            "p",
+            "--bundle",
+            wrong_key.to_str().unwrap(),
+        ])
+        .fails();
+    assert!(r.stderr.contains("does not belong"), "{}", r.stderr);
+    // A bundle others can read is refused with the fix.
+    let open = pki.bundle("open.pem", &["ca.crt", "client.crt", "client.key"]);
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = sb
+        .run(&[
+            "gateway",
+            "add",
+            "https://gw.test",
+            "--name",
+            "p",
+            "--bundle",
+            open.to_str().unwrap(),
+        ])
+        .fails();
+    assert!(
+        r.stderr.contains(&format!("chmod 600 {}", open.display())),
         "{}",
         r.stderr
     );
@@ -527,10 +571,8 @@ fn partial_or_missing_bundle_is_refused() {
         ])
         .fails();
     assert!(
-        r.stderr.contains(&format!(
-            "cannot read the mTLS bundle {}",
-            missing.display()
-        )),
+        r.stderr
+            .contains(&format!("invalid mTLS bundle {}", missing.display())),
         "{}",
         r.stderr
     );
@@ -618,7 +660,8 @@ fn placed_bundle_is_used_and_valid_bundle_needs_force() {
     };
     let r = add(false).fails();
     assert!(
-        r.stderr.contains("already has valid mTLS certificates"),
+        r.stderr
+            .contains("already holds a valid certificate for 'alice'"),
         "{}",
         r.stderr
     );

@@ -160,29 +160,8 @@ async fn add(a: AddArgs, layout: &Layout, env: &Env) -> Result<ExitCode, CliErro
     if auth == AuthMode::Mtls {
         match &new_bundle {
             Some(b) => {
-                let now = time::OffsetDateTime::now_utc();
-                if installed.is_valid(now) && !a.force {
-                    let until = match &installed {
-                        Installed::Complete { not_after: Some(t) } => bundle::format_time(*t),
-                        _ => "unknown".into(),
-                    };
-                    return Err(CliError::hint(
-                        format!(
-                            "gateway '{name}' already has valid mTLS certificates in {} (client certificate valid until {until})",
-                            mtls_dir.display()
-                        ),
-                        "Pass --force to replace them with the bundle, or drop --bundle to use them",
-                    ));
-                }
-                if b.not_after <= now {
-                    return Err(CliError::msg(format!(
-                        "the client certificate in {} expired on {}; issue a new one",
-                        a.bundle.as_deref().unwrap_or(mtls_dir.as_path()).display(),
-                        bundle::format_time(b.not_after)
-                    )));
-                }
+                bundle::install(b, &mtls_dir, a.force)?;
                 installed_fresh = installed == Installed::Absent;
-                bundle::install(b, &mtls_dir)?;
             }
             None => match &installed {
                 Installed::Complete { not_after } => {
@@ -192,7 +171,7 @@ async fn add(a: AddArgs, layout: &Layout, env: &Env) -> Result<ExitCode, CliErro
                         eprintln!(
                             "⚠ The client certificate in {} expired on {}.",
                             mtls_dir.display(),
-                            bundle::format_time(*t)
+                            openshell_pki::format_time(*t)
                         );
                     }
                 }
