@@ -15,6 +15,9 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
+use std::sync::Arc;
+
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 /// Mirror of the kernel's `struct ifreq` for `TUNSETIFF`: the name, then the flags (a
@@ -69,10 +72,12 @@ pub(crate) fn create_tun(name: &str) -> io::Result<File> {
     Ok(file)
 }
 
-/// Register a TUN fd with the current tokio runtime for readiness events.
-pub(crate) fn register(file: File) -> io::Result<AsyncFd<File>> {
-    // SAFETY: `File` owns its fd: `as_raw_fd` returns the same descriptor on every call,
-    // and the descriptor stays open until the `File` is dropped, which happens only when
-    // the `AsyncFd` that now owns it is dropped (or never, if leaked).
-    unsafe { AsyncFd::register(file) }.map_err(|e| e.into_parts().1)
+/// Register a TUN fd with the current tokio runtime for read readiness.
+pub(crate) fn register_readable(file: Arc<File>) -> io::Result<AsyncFd<Arc<File>>> {
+    // SAFETY: the `File` owns its fd and `Arc<File>::as_raw_fd` returns that same
+    // descriptor on every call. The descriptor is closed only when the last `Arc` is
+    // dropped, and the `AsyncFd` holds one `Arc` for its whole lifetime, so the fd stays
+    // open and refers to the same file description until the `AsyncFd` is gone.
+    unsafe { AsyncFd::register_with_interest(file, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
 }

@@ -360,3 +360,64 @@ fn binary_run_executes_both_commands_across_the_link() {
         .unwrap();
     assert_eq!(out.status.code(), Some(7), "{out:?}");
 }
+
+#[test]
+fn jitter_burst_loss_and_reordering_on_a_real_link() {
+    if !require_netns("jitter_burst_loss_and_reordering_on_a_real_link") {
+        return;
+    }
+    // 20 ms +- 10 ms each way, order kept: RTT within 20..60 ms (+ slack), no reordering.
+    let jitter = Impairment::builder()
+        .delay(ms(20))
+        .jitter(ms(10))
+        .build()
+        .unwrap();
+    let link = Link::builder().impairment(jitter).build().unwrap();
+    let _echo = start_echo(&link, 7004);
+    let r = probe(&link, 7004, 200, "5ms", 64, "1s");
+    let rtt = r.rtt_ms.expect("replies");
+    eprintln!("20ms +- 10ms each way: {r:?}");
+    assert_eq!((r.received, r.reordered), (200, 0), "{r:?}");
+    assert!(rtt.min >= 20.0 && rtt.max < 65.0, "{rtt:?}");
+    assert!(rtt.max - rtt.min > 10.0, "no visible jitter: {rtt:?}");
+
+    // Burst loss only on A->B: every lost probe is a burst drop there.
+    link.set(
+        Direction::AtoB,
+        Impairment::builder()
+            .delay(ms(5))
+            .burst_loss(openshell_linkem::GilbertElliott::new(0.05, 0.3))
+            .build()
+            .unwrap(),
+    );
+    link.set(
+        Direction::BtoA,
+        Impairment::builder().delay(ms(5)).build().unwrap(),
+    );
+    let before = link.stats(Direction::AtoB).dropped_burst;
+    let r = probe(&link, 7004, 1000, "1ms", 64, "1s");
+    let burst = link.stats(Direction::AtoB).dropped_burst - before;
+    eprintln!("burst loss p=5% r=30% on a->b: {r:?}, burst drops {burst}");
+    assert_eq!(burst, r.sent - r.received);
+    // Model mean 0.05 / 0.35 = 14.3 %; bursts make the spread wider than Bernoulli's.
+    assert!(r.loss_percent > 6.0 && r.loss_percent < 25.0, "{r:?}");
+
+    // Hold back 20 % of A->B packets by 10 ms: probes 2 ms apart overtake them.
+    link.set(
+        Direction::AtoB,
+        Impairment::builder()
+            .delay(ms(5))
+            .reorder(0.2, ms(10))
+            .build()
+            .unwrap(),
+    );
+    let before = link.stats(Direction::AtoB).reordered;
+    let r = probe(&link, 7004, 500, "2ms", 64, "1s");
+    let reordered = link.stats(Direction::AtoB).reordered - before;
+    eprintln!("reorder 20% +10ms on a->b: {r:?}, emulator counted {reordered}");
+    assert_eq!(r.received, 500);
+    assert!(r.reordered > 50 && r.reordered < 150, "{r:?}");
+    // The emulator's count is what the receiver saw (the return path keeps order).
+    assert_eq!(reordered, r.reordered);
+    link.close().unwrap();
+}
