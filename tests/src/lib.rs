@@ -19,3 +19,9 @@ pub fn bin(name: &str) -> PathBuf {
     );
     path
 }
+
+pub mod gateway;
+pub mod testpki;
+
+pub use gateway::Gateway;
+pub use testpki::{ClientCreds, TestPki};

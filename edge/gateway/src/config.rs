@@ -51,7 +51,12 @@ pub struct Args {
     pub health_listen: Option<SocketAddr>,
 
     /// Which listeners to run on the port.
-    #[arg(long, value_delimiter = ',', default_value = "quic,tcp", env = "OPENSHELL_TRANSPORTS")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "quic,tcp",
+        env = "OPENSHELL_TRANSPORTS"
+    )]
     pub transports: Vec<TransportArg>,
 
     /// A named tunnel target clients may reach: NAME=HOST:PORT (repeatable). Clients name
@@ -60,7 +65,12 @@ pub struct Args {
     pub tunnel_targets: Vec<String>,
 
     /// Log format.
-    #[arg(long, value_enum, default_value = "human", env = "OPENSHELL_LOG_FORMAT")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "human",
+        env = "OPENSHELL_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
 
     /// Log level filter (RUST_LOG takes precedence).
@@ -174,9 +184,7 @@ pub struct GatewayConfig {
 
 impl Args {
     pub fn into_config(self) -> Result<GatewayConfig, GatewayError> {
-        let state_dir = self
-            .state_dir
-            .unwrap_or_else(default_state_dir);
+        let state_dir = self.state_dir.unwrap_or_else(default_state_dir);
         let tls = if self.disable_tls {
             if !self.listen.ip().is_loopback() {
                 return Err(GatewayError::Config(format!(
@@ -215,9 +223,7 @@ impl Args {
         let mut tunnel_targets = BTreeMap::new();
         for spec in &self.tunnel_targets {
             let (name, addr) = spec.split_once('=').ok_or_else(|| {
-                GatewayError::Config(format!(
-                    "--tunnel-target '{spec}': expected NAME=HOST:PORT"
-                ))
+                GatewayError::Config(format!("--tunnel-target '{spec}': expected NAME=HOST:PORT"))
             })?;
             if openshell_transport::TunnelTarget::parse(&format!("service/{name}")).is_none() {
                 return Err(GatewayError::Config(format!(
@@ -241,7 +247,9 @@ impl Args {
             congestion: self.congestion,
             ..QuicTuning::default()
         };
-        tuning.validate().map_err(|e| GatewayError::Config(e.to_string()))?;
+        tuning
+            .validate()
+            .map_err(|e| GatewayError::Config(e.to_string()))?;
         Ok(GatewayConfig {
             listen: self.listen,
             listeners,
@@ -271,7 +279,12 @@ mod tests {
 
     #[test]
     fn plaintext_off_loopback_is_refused() {
-        let args = Args::parse_from(["openshell-gateway", "--disable-tls", "--listen", "0.0.0.0:1"]);
+        let args = Args::parse_from([
+            "openshell-gateway",
+            "--disable-tls",
+            "--listen",
+            "0.0.0.0:1",
+        ]);
         let err = args.into_config().unwrap_err().to_string();
         assert!(err.contains("loopback"), "{err}");
     }

@@ -79,7 +79,9 @@ async fn route(req: Request<Incoming>, state: &HealthState) -> Response<Full<Byt
 fn text(code: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = code;
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
     resp
 }

@@ -150,8 +150,12 @@ fn build_grpc(
 ) -> GrpcService {
     let openshell = services::openshell::OpenShellService { facts, store };
     let routes = tonic::service::Routes::new(OpenShellServer::new(openshell))
-        .add_service(DiagnosticsServer::new(services::diagnostics::DiagnosticsService))
-        .add_service(SupervisorServer::new(services::supervisor::SupervisorService))
+        .add_service(DiagnosticsServer::new(
+            services::diagnostics::DiagnosticsService,
+        ))
+        .add_service(SupervisorServer::new(
+            services::supervisor::SupervisorService,
+        ))
         .prepare();
     let layered = tower::ServiceBuilder::new()
         .layer(auth::AuthLayer {

@@ -54,14 +54,23 @@ impl RpcMetrics {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Renders every metric.
-pub fn render(rpc: &RpcMetrics, transport: &TransportMetrics, registry: &ConnectionRegistry) -> String {
+pub fn render(
+    rpc: &RpcMetrics,
+    transport: &TransportMetrics,
+    registry: &ConnectionRegistry,
+) -> String {
     let mut out = String::new();
     let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
     };
     let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -185,8 +194,16 @@ pub fn render(rpc: &RpcMetrics, transport: &TransportMetrics, registry: &Connect
             "openshell_rpc_duration_seconds_bucket{{method=\"{m}\",le=\"+Inf\"}} {}",
             h.count
         );
-        let _ = writeln!(out, "openshell_rpc_duration_seconds_sum{{method=\"{m}\"}} {}", h.sum);
-        let _ = writeln!(out, "openshell_rpc_duration_seconds_count{{method=\"{m}\"}} {}", h.count);
+        let _ = writeln!(
+            out,
+            "openshell_rpc_duration_seconds_sum{{method=\"{m}\"}} {}",
+            h.sum
+        );
+        let _ = writeln!(
+            out,
+            "openshell_rpc_duration_seconds_count{{method=\"{m}\"}} {}",
+            h.count
+        );
     }
     out
 }
@@ -200,7 +217,11 @@ mod tests {
         let m = RpcMetrics::default();
         m.record("/a/B", "Ok", Duration::from_millis(3));
         m.record("/a/B", "Ok", Duration::from_millis(300));
-        let text = render(&m, &TransportMetrics::default(), &ConnectionRegistry::default());
+        let text = render(
+            &m,
+            &TransportMetrics::default(),
+            &ConnectionRegistry::default(),
+        );
         assert!(text.contains("openshell_rpc_requests_total{method=\"/a/B\",code=\"Ok\"} 2"));
         assert!(text.contains("le=\"0.005\"} 1"));
         assert!(text.contains("le=\"0.5\"} 2"));

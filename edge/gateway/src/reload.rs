@@ -114,14 +114,21 @@ pub async fn watch(
                         last = now;
                         tracing::info!("TLS material reloaded");
                     }
-                    Err(e) => tracing::warn!(error = %e, "new TLS material refused; keeping the old"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "new TLS material refused; keeping the old")
+                    }
                 },
-                Err(e) => tracing::warn!(error = %e, "cannot reload TLS material yet; keeping the old"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reload TLS material yet; keeping the old")
+                }
             }
         }
         let closed = enforce(&registry, &revocations);
         if closed > 0 {
-            tracing::info!(closed, "closed connections with revoked or expired certificates");
+            tracing::info!(
+                closed,
+                "closed connections with revoked or expired certificates"
+            );
         }
     }
 }

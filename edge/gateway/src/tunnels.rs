@@ -81,12 +81,12 @@ impl Tunnels {
                     format!("no tunnel target named '{name}' is registered on this gateway"),
                 )),
             },
-            TunnelTarget::SandboxSsh(_) | TunnelTarget::SandboxPort(..) | TunnelTarget::Relay(_) => {
-                Err(TunnelRefusal::new(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "sandbox tunnels are not available: this gateway build has no compute driver",
-                ))
-            }
+            TunnelTarget::SandboxSsh(_)
+            | TunnelTarget::SandboxPort(..)
+            | TunnelTarget::Relay(_) => Err(TunnelRefusal::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "sandbox tunnels are not available: this gateway build has no compute driver",
+            )),
         }
     }
 }

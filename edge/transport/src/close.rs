@@ -31,7 +31,9 @@ pub fn describe_alert(alert: u8) -> String {
             "the client certificate has expired (issue a new one with `openshell pki issue`)"
         }
         AlertDescription::CertificateRevoked => "the client certificate has been revoked",
-        AlertDescription::BadCertificate => "the gateway rejected the client certificate as invalid",
+        AlertDescription::BadCertificate => {
+            "the gateway rejected the client certificate as invalid"
+        }
         AlertDescription::UnsupportedCertificate => {
             "the client certificate is not valid for client authentication (wrong key usage; a server certificate cannot be used as a client certificate)"
         }
@@ -103,13 +105,31 @@ pub fn describe_tls_in_chain(err: &(dyn std::error::Error + 'static)) -> Option<
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && let Some(inner) = io.get_ref()
-            && let Some(tls) = inner.downcast_ref::<rustls::Error>()
         {
-            return Some(describe_rustls(tls));
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Some(describe_rustls(tls));
+            }
+            // tokio-rustls hands the error over as text.
+            if let Some(text) = describe_tls_text(&inner.to_string()) {
+                return Some(text);
+            }
         }
         cur = e.source();
     }
     None
+}
+
+/// Recognises rustls' wording for alerts and certificate failures in an error message.
+fn describe_tls_text(text: &str) -> Option<String> {
+    if let Some(name) = text.split("received fatal alert: ").nth(1) {
+        let name = name.split_whitespace().next().unwrap_or("");
+        return (0..=255u8)
+            .find(|c| format!("{:?}", AlertDescription::from(*c)) == name)
+            .map(describe_alert);
+    }
+    text.split("invalid peer certificate: ").nth(1).map(|rest| {
+        format!("the gateway's certificate is not trusted: {rest} (check ca.crt for this gateway)")
+    })
 }
 
 fn describe_rustls(err: &rustls::Error) -> String {
@@ -132,5 +152,12 @@ mod tests {
         assert!(describe_alert(48).contains("another CA"));
         assert!(describe_alert(116).contains("requires a client certificate"));
         assert!(describe_alert(44).contains("revoked"));
+    }
+
+    #[test]
+    fn alert_text_from_tokio_rustls_is_recognised() {
+        let d = describe_tls_text("received fatal alert: UnknownCA").unwrap();
+        assert!(d.contains("another CA"), "{d}");
+        assert!(describe_tls_text("connection reset").is_none());
     }
 }

@@ -132,9 +132,9 @@ impl QuicTuning {
         self.validate()?;
         let mut t = TransportConfig::default();
         t.keep_alive_interval(Some(self.keep_alive))
-            .max_idle_timeout(Some(IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
-                TransportError::Config("idle timeout is too large".into())
-            })?))
+            .max_idle_timeout(Some(IdleTimeout::try_from(self.idle_timeout).map_err(
+                |_| TransportError::Config("idle timeout is too large".into()),
+            )?))
             .max_concurrent_bidi_streams(VarInt::from_u32(self.max_bidi_streams))
             .max_concurrent_uni_streams(VarInt::from_u32(self.max_uni_streams))
             .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
@@ -198,7 +198,10 @@ mod tests {
     #[test]
     fn congestion_names_parse() {
         assert_eq!("BBR".parse::<Congestion>().unwrap(), Congestion::Bbr);
-        assert_eq!("newreno".parse::<Congestion>().unwrap(), Congestion::NewReno);
+        assert_eq!(
+            "newreno".parse::<Congestion>().unwrap(),
+            Congestion::NewReno
+        );
         assert!("vegas".parse::<Congestion>().is_err());
     }
 }

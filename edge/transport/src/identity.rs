@@ -73,9 +73,7 @@ impl Principal {
 
     /// Reads the principal from a QUIC connection's peer identity (a rustls chain).
     pub fn from_peer_identity(identity: Option<Box<dyn std::any::Any>>) -> Option<Principal> {
-        let chain = identity?
-            .downcast::<Vec<CertificateDer<'static>>>()
-            .ok()?;
+        let chain = identity?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
         chain.first().and_then(Principal::from_certificate)
     }
 

@@ -68,7 +68,9 @@ impl std::fmt::Display for TransportKind {
 pub enum TransportError {
     #[error("invalid transport configuration: {0}")]
     Config(String),
-    #[error("cannot listen on {addr}: {source} (is another process using the port? choose another with --listen)")]
+    #[error(
+        "cannot listen on {addr}: {source} (is another process using the port? choose another with --listen)"
+    )]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,

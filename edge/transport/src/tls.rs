@@ -104,7 +104,9 @@ impl ServerMaterial {
             // rotation have no CRL and must not be refused for it.
             .allow_unknown_revocation_status()
             .build()
-            .map_err(|e| TransportError::Config(format!("cannot build the client verifier: {e}")))?;
+            .map_err(|e| {
+                TransportError::Config(format!("cannot build the client verifier: {e}"))
+            })?;
         Ok(verifier)
     }
 }
@@ -168,7 +170,13 @@ struct ReloadingResolver(Arc<ServerTls>);
 
 impl ResolvesServerCert for ReloadingResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.cert.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(
+            self.0
+                .cert
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 }
 

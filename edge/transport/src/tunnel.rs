@@ -33,8 +33,7 @@ impl TunnelTarget {
         let valid = |n: &str| {
             !n.is_empty()
                 && n.len() <= 128
-                && n
-                    .chars()
+                && n.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
         match parts.as_slice() {

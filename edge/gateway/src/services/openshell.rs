@@ -58,7 +58,10 @@ impl OpenShellService {
 
 #[tonic::async_trait]
 impl OpenShell for OpenShellService {
-    async fn health(&self, _req: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
+    async fn health(
+        &self,
+        _req: Request<HealthRequest>,
+    ) -> Result<Response<HealthResponse>, Status> {
         Ok(Response::new(HealthResponse {
             status: self.status().await as i32,
             version: crate::VERSION.to_string(),

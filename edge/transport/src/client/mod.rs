@@ -81,7 +81,10 @@ impl Endpoint {
                 "'{url}' has a path; a gateway URL is just https://HOST[:PORT]"
             )));
         }
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         if host.is_empty() {
             return Err(TransportError::Config(format!("'{url}' has no host")));
         }
@@ -327,7 +330,13 @@ impl Connector {
     }
 
     async fn connect_tcp_at(&self, addr: SocketAddr) -> Result<Connection, TransportError> {
-        tcp::connect(addr, &self.server_name(), self.tcp_tls.clone(), &self.config).await
+        tcp::connect(
+            addr,
+            &self.server_name(),
+            self.tcp_tls.clone(),
+            &self.config,
+        )
+        .await
     }
 }
 
@@ -335,7 +344,9 @@ impl Connector {
 fn is_definitive(e: &TransportError) -> bool {
     matches!(
         e,
-        TransportError::Rejected(_) | TransportError::ServerCertificate(_) | TransportError::Config(_)
+        TransportError::Rejected(_)
+            | TransportError::ServerCertificate(_)
+            | TransportError::Config(_)
     )
 }
 
@@ -404,8 +415,13 @@ impl Connection {
                 quic::open_tunnel(send.clone(), &self.channel.origin, target).await
             }
             ChannelInner::H2(send) => {
-                tcp::open_tunnel(send.clone(), &self.channel.origin, target, &self.channel.bearer)
-                    .await
+                tcp::open_tunnel(
+                    send.clone(),
+                    &self.channel.origin,
+                    target,
+                    &self.channel.bearer,
+                )
+                .await
             }
         };
         result.map_err(|e| self.explain_error(e))
@@ -529,7 +545,8 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
             return Box::pin(async move { Err(e) });
         }
         if let Some(b) = &self.bearer {
-            req.headers_mut().insert(http::header::AUTHORIZATION, b.clone());
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, b.clone());
         }
         match &self.inner {
             ChannelInner::H3(send) => Box::pin(quic::call(send.clone(), req)),
@@ -549,7 +566,10 @@ fn bearer_value(token: &Option<String>) -> Result<Option<HeaderValue>, Transport
         .as_ref()
         .map(|t| {
             HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
-                TransportError::Config("the stored token contains invalid characters: run `openshell gateway login`".into())
+                TransportError::Config(
+                    "the stored token contains invalid characters: run `openshell gateway login`"
+                        .into(),
+                )
             })
         })
         .transpose()

@@ -24,7 +24,10 @@ pub(super) struct QuicClient {
 }
 
 impl QuicClient {
-    pub(super) fn new(material: &ClientMaterial, tuning: &QuicTuning) -> Result<Self, TransportError> {
+    pub(super) fn new(
+        material: &ClientMaterial,
+        tuning: &QuicTuning,
+    ) -> Result<Self, TransportError> {
         let rustls_cfg = material.client_config(ALPN_H3, true)?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(rustls_cfg))
             .map_err(|e| TransportError::Config(format!("QUIC TLS configuration: {e}")))?;
@@ -53,8 +56,9 @@ impl QuicClient {
             .map_err(|e| TransportError::Config(format!("cannot open a UDP socket: {e}")))?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| TransportError::Config("no async runtime for QUIC".into()))?;
-        let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-            .map_err(|e| TransportError::Config(format!("cannot open a QUIC endpoint: {e}")))?;
+        let endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+                .map_err(|e| TransportError::Config(format!("cannot open a QUIC endpoint: {e}")))?;
         let connecting = endpoint
             .connect_with(self.config.clone(), addr, server_name)
             .map_err(|e| TransportError::Config(format!("cannot connect to {addr}: {e}")))?;
@@ -65,7 +69,11 @@ impl QuicClient {
                 let _ = zero_tx.send(ZeroRtt::Pending);
                 tokio::spawn(async move {
                     let ok = accepted.await;
-                    let _ = zero_tx.send(if ok { ZeroRtt::Accepted } else { ZeroRtt::Rejected });
+                    let _ = zero_tx.send(if ok {
+                        ZeroRtt::Accepted
+                    } else {
+                        ZeroRtt::Rejected
+                    });
                 });
                 conn
             }
@@ -78,7 +86,9 @@ impl QuicClient {
             .map_err(|e| {
                 conn.close_reason()
                     .map(|r| classify(&r))
-                    .unwrap_or_else(|| TransportError::Protocol(format!("HTTP/3 setup failed: {e}")))
+                    .unwrap_or_else(|| {
+                        TransportError::Protocol(format!("HTTP/3 setup failed: {e}"))
+                    })
             })?;
         tokio::spawn(async move {
             // h3's connection driver must be polled or nothing moves.
@@ -108,7 +118,9 @@ impl QuicClient {
 pub(super) fn classify(err: &quinn::ConnectionError) -> TransportError {
     let text = crate::close::describe_quic(err);
     match err {
-        quinn::ConnectionError::ConnectionClosed(c) if (0x100..0x200).contains(&u64::from(c.error_code)) => {
+        quinn::ConnectionError::ConnectionClosed(c)
+            if (0x100..0x200).contains(&u64::from(c.error_code)) =>
+        {
             TransportError::Rejected(text)
         }
         quinn::ConnectionError::ApplicationClosed(c)
@@ -117,7 +129,9 @@ pub(super) fn classify(err: &quinn::ConnectionError) -> TransportError {
         {
             TransportError::Rejected(text)
         }
-        quinn::ConnectionError::TransportError(t) if (0x100..0x200).contains(&u64::from(t.code)) => {
+        quinn::ConnectionError::TransportError(t)
+            if (0x100..0x200).contains(&u64::from(t.code)) =>
+        {
             TransportError::ServerCertificate(text)
         }
         quinn::ConnectionError::TimedOut => TransportError::Unreachable {

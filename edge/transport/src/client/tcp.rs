@@ -35,22 +35,22 @@ pub(super) async fn connect(
     match tls {
         Some(tls) => {
             let name = ServerName::try_from(server_name.to_string()).map_err(|e| {
-                TransportError::Config(format!("'{server_name}' is not a valid TLS server name: {e}"))
+                TransportError::Config(format!(
+                    "'{server_name}' is not a valid TLS server name: {e}"
+                ))
             })?;
             let stream = tokio_rustls::TlsConnector::from(tls)
                 .connect(name, tcp)
                 .await
-                .map_err(|e| {
-                    match crate::close::describe_tls_in_chain(&e) {
-                        Some(text) if text.starts_with("the gateway's certificate") => {
-                            TransportError::ServerCertificate(text)
-                        }
-                        Some(text) => TransportError::Rejected(text),
-                        None => TransportError::Unreachable {
-                            addr: addr.to_string(),
-                            detail: format!("TLS: {e}"),
-                        },
+                .map_err(|e| match crate::close::describe_tls_in_chain(&e) {
+                    Some(text) if text.starts_with("the gateway's certificate") => {
+                        TransportError::ServerCertificate(text)
                     }
+                    Some(text) => TransportError::Rejected(text),
+                    None => TransportError::Unreachable {
+                        addr: addr.to_string(),
+                        detail: format!("TLS: {e}"),
+                    },
                 })?;
             handshake(stream, addr, cfg, http::uri::Scheme::HTTPS).await
         }
@@ -86,7 +86,10 @@ where
             Ok(()) => (false, "the gateway closed the connection".to_string()),
             Err(e) => match crate::close::describe_tls_in_chain(&e) {
                 Some(text) => (true, text),
-                None => (false, format!("the connection to the gateway failed: {e}")),
+                None => {
+                    tracing::debug!(error = ?e, "HTTP/2 connection failed");
+                    (false, format!("the connection to the gateway failed: {e}"))
+                }
             },
         };
         let _ = closed_tx.send(Some(outcome));
@@ -129,7 +132,8 @@ pub(super) async fn open_tunnel(
         .body(tonic::body::Body::empty())
         .map_err(|e| TransportError::Protocol(e.to_string()))?;
     if let Some(b) = bearer {
-        req.headers_mut().insert(http::header::AUTHORIZATION, b.clone());
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, b.clone());
     }
     let resp = send
         .send_request(req)

@@ -313,7 +313,10 @@ impl Server {
         }
         shared.registry.close_all(crate::close::SHUTTING_DOWN);
         if let Some(ep) = quic {
-            ep.close(crate::close::h3_no_error(), crate::close::SHUTTING_DOWN.as_bytes());
+            ep.close(
+                crate::close::h3_no_error(),
+                crate::close::SHUTTING_DOWN.as_bytes(),
+            );
             let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
         }
         if let Some(t) = quic_task {

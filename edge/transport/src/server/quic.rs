@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use super::{wait_true, ConnMeta, RequestContext, ServerConfig, Shared, TransportMetrics};
+use super::{ConnMeta, RequestContext, ServerConfig, Shared, TransportMetrics, wait_true};
 use crate::h3io::{self, H3Body, ServerSend};
 use crate::tls::{ALPN_H3, ServerTls};
 use crate::{TransportError, TransportKind};
@@ -216,13 +216,20 @@ async fn handle_request(
     }
 }
 
-
-async fn tunnel(req: http::Request<()>, mut stream: ServerStream, ctx: RequestContext, shared: &Shared) {
+async fn tunnel(
+    req: http::Request<()>,
+    mut stream: ServerStream,
+    ctx: RequestContext,
+    shared: &Shared,
+) {
     let (parts, ()) = req.into_parts();
     match shared.tunnels.open(ctx, parts.headers).await {
         Ok(io) => {
             TransportMetrics::inc(&shared.metrics.tunnels_opened);
-            let ok = Response::builder().status(StatusCode::OK).body(()).expect("static response");
+            let ok = Response::builder()
+                .status(StatusCode::OK)
+                .body(())
+                .expect("static response");
             if stream.send_response(ok).await.is_err() {
                 return;
             }
@@ -233,7 +240,10 @@ async fn tunnel(req: http::Request<()>, mut stream: ServerStream, ctx: RequestCo
             TransportMetrics::inc(&shared.metrics.tunnels_refused);
             let resp = Response::builder()
                 .status(refusal.status)
-                .header(crate::tunnel::REASON_HEADER, sanitize_header(&refusal.reason))
+                .header(
+                    crate::tunnel::REASON_HEADER,
+                    sanitize_header(&refusal.reason),
+                )
                 .body(())
                 .expect("status and sanitized header are valid");
             let _ = stream.send_response(resp).await;
@@ -245,7 +255,13 @@ async fn tunnel(req: http::Request<()>, mut stream: ServerStream, ctx: RequestCo
 /// Header values must be visible ASCII; refusal reasons are ours but may quote input.
 pub(super) fn sanitize_header(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .take(512)
         .collect()
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use super::{wait_true, ConnMeta, RequestContext, Shared, TransportMetrics};
+use super::{ConnMeta, RequestContext, Shared, TransportMetrics, wait_true};
 use crate::identity::Principal;
 use crate::tls::ALPN_H2;
 use crate::{TransportError, TransportKind};
@@ -28,8 +28,12 @@ pub(super) async fn bind(addr: SocketAddr) -> Result<TcpListener, TransportError
     socket
         .set_reuseaddr(true)
         .map_err(|e| TransportError::bind(addr, e))?;
-    socket.bind(addr).map_err(|e| TransportError::bind(addr, e))?;
-    socket.listen(1024).map_err(|e| TransportError::bind(addr, e))
+    socket
+        .bind(addr)
+        .map_err(|e| TransportError::bind(addr, e))?;
+    socket
+        .listen(1024)
+        .map_err(|e| TransportError::bind(addr, e))
 }
 
 pub(super) async fn accept_loop(listener: TcpListener, shared: Shared) {
@@ -65,7 +69,7 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Shared) {
                     Some(acceptor) => {
                         let hs = tokio::time::timeout(
                             shared.config.tls_handshake_timeout,
-                            acceptor.accept(stream),
+                            acceptor.accept(stream).into_fallible(),
                         )
                         .await;
                         match hs {
@@ -78,9 +82,10 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Shared) {
                                     .and_then(Principal::from_certificate);
                                 serve_h2(tls, peer, principal, shared).await
                             }
-                            Ok(Err(e)) => {
+                            Ok(Err((e, tcp))) => {
                                 TransportMetrics::inc(&shared.metrics.handshake_failures);
                                 tracing::info!(error = %e, "TLS handshake failed");
+                                linger_after_alert(tcp).await;
                             }
                             Err(_) => {
                                 TransportMetrics::inc(&shared.metrics.handshake_failures);
@@ -94,6 +99,24 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Shared) {
             .instrument(span),
         );
     }
+}
+
+/// After a refused handshake the alert is on its way, but the client (TLS 1.3 finishes
+/// first on its side) may already have sent requests we never read. Closing a socket with
+/// unread data sends RST, which can destroy the alert in the client's buffers before it is
+/// read. So: half-close, drain briefly, then close, and the client reads the real reason.
+async fn linger_after_alert(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while let Ok(n) = tcp.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn serve_h2<IO>(io: IO, peer: SocketAddr, principal: Option<Principal>, shared: Shared)
@@ -192,11 +215,12 @@ async fn tunnel(
             TransportMetrics::inc(&shared.metrics.tunnels_refused);
             let mut resp = Response::new(tonic::body::Body::empty());
             *resp.status_mut() = refusal.status;
-            if let Ok(v) = http::HeaderValue::from_str(&super::quic::sanitize_header(&refusal.reason)) {
+            if let Ok(v) =
+                http::HeaderValue::from_str(&super::quic::sanitize_header(&refusal.reason))
+            {
                 resp.headers_mut().insert(crate::tunnel::REASON_HEADER, v);
             }
             resp
         }
     }
 }
-
