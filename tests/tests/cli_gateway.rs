@@ -1225,6 +1225,71 @@ fn select_without_name_off_a_terminal_lists_and_hints() {
     );
 }
 
+/// Runs `openshell gateway select` on a pseudo-terminal (util-linux `script`) typing `input`.
+fn select_on_tty(sb: &Sandbox, input: &str) -> Run {
+    let bin = openshell_tests::bin("openshell");
+    let template = sb.command();
+    let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> = template
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+        .collect();
+    let mut child = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} gateway select", bin.display()),
+            "/dev/null",
+        ])
+        .envs(envs)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("this test needs util-linux `script` to provide a terminal");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn select_without_name_on_a_terminal_prompts() {
+    let sb = Sandbox::new();
+    sb.add_plain("a", 1);
+    sb.add_plain("b", 2); // active
+    // On a terminal everything arrives on the one pty stream: script's stdout.
+    let r = select_on_tty(&sb, "1\n").ok();
+    assert!(r.stdout.contains("Select a gateway [1-2]"), "{}", r.stdout);
+    assert!(r.stdout.contains("http://127.0.0.1:2"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("✓ Active gateway set to 'a'"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(sb.active().as_deref(), Some("a"));
+    let r = select_on_tty(&sb, "b\n").ok();
+    assert!(
+        r.stdout.contains("✓ Active gateway set to 'b'"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(sb.active().as_deref(), Some("b"));
+    let r = select_on_tty(&sb, "\n").ok();
+    assert!(
+        r.stdout.contains("! Gateway selection cancelled"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(sb.active().as_deref(), Some("b"));
+}
+
 #[test]
 fn list_table_json_yaml_and_empty() {
     let sb = Sandbox::new();

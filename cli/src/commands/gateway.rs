@@ -32,7 +32,6 @@ pub enum GatewayCommand {
     /// Register a gateway and make it the active one.
     Add(AddArgs),
     /// Remove a per-user gateway registration (the gateway itself keeps running).
-    #[command(visible_alias = "rm")]
     Remove {
         /// Gateway to remove (default: the active one).
         name: Option<String>,
@@ -53,7 +52,6 @@ pub enum GatewayCommand {
         name: Option<String>,
     },
     /// List registered gateways (user and system).
-    #[command(visible_alias = "ls")]
     List {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
@@ -416,18 +414,25 @@ fn select(
 
 /// A numbered prompt on the terminal; `None` when the user cancels.
 fn choose(regs: &[Registration]) -> Result<Option<GatewayName>, CliError> {
+    let rows: Vec<Vec<String>> = regs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            vec![
+                (i + 1).to_string(),
+                r.name.to_string(),
+                r.endpoint.to_string(),
+                r.kind().to_string(),
+                r.auth.to_string(),
+            ]
+        })
+        .collect();
     let mut err = std::io::stderr().lock();
-    for (i, r) in regs.iter().enumerate() {
-        let _ = writeln!(
-            err,
-            "  {:>2}) {}  {}  {}  {}",
-            i + 1,
-            r.name,
-            r.endpoint,
-            r.kind(),
-            r.auth
-        );
-    }
+    let _ = write!(
+        err,
+        "{}",
+        output::table(&["#", "NAME", "ENDPOINT", "TYPE", "AUTH"], &rows)
+    );
     let _ = write!(
         err,
         "Select a gateway [1-{}] (Enter to cancel): ",

@@ -239,8 +239,12 @@ impl Layout {
 /// Creates the user root (0700) with an error that names it.
 pub fn ensure_user_root(root: &Path) -> Result<(), CliError> {
     openshell_pki::fs::ensure_private_dir(root).map_err(|e| {
+        let cause = match &e {
+            openshell_pki::fs::FsError::CreateDir { source, .. } => source.to_string(),
+            other => other.to_string(),
+        };
         CliError::hint(
-            format!("cannot create the config directory {}: {e}", root.display()),
+            format!("cannot create the config directory {}: {cause}", root.display()),
             "Make sure it (or its parent) is a writable directory, or point XDG_CONFIG_HOME elsewhere",
         )
     })
