@@ -53,6 +53,7 @@ pub enum GatewayCommand {
     },
     /// List registered gateways (user and system).
     List {
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
@@ -80,27 +81,10 @@ pub struct AddArgs {
     /// How to authenticate (default: plaintext for http, mtls when a bundle is present,
     /// else edge browser login).
     #[arg(long, value_enum)]
-    pub auth: Option<AuthArg>,
+    pub auth: Option<AuthMode>,
     /// Replace mTLS certificates that are already installed and still valid.
     #[arg(long)]
     pub force: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AuthArg {
-    Mtls,
-    Edge,
-    Plaintext,
-}
-
-impl From<AuthArg> for AuthMode {
-    fn from(a: AuthArg) -> Self {
-        match a {
-            AuthArg::Mtls => AuthMode::Mtls,
-            AuthArg::Edge => AuthMode::Edge,
-            AuthArg::Plaintext => AuthMode::Plaintext,
-        }
-    }
 }
 
 pub async fn run(args: GatewayArgs, global: &GlobalArgs) -> Result<ExitCode, CliError> {
@@ -244,7 +228,7 @@ fn choose_auth(
     bundle_given: bool,
     installed: &Installed,
 ) -> Result<AuthMode, CliError> {
-    let requested = a.auth.map(AuthMode::from);
+    let requested = a.auth;
     match endpoint.scheme {
         Scheme::Http => {
             if let Some(mode) = requested.filter(|m| *m != AuthMode::Plaintext) {

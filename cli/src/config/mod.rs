@@ -27,14 +27,16 @@ pub use env::Env;
 pub use name::GatewayName;
 pub use registry::{Layout, Registration};
 
-/// How the CLI authenticates to a gateway (`auth_mode` in metadata.json).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// How the CLI authenticates to a gateway (`auth_mode` in metadata.json, `--auth`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
     /// Client certificate from `gateways/<name>/mtls/{ca.crt,tls.crt,tls.key}`.
     Mtls,
     /// Bearer token from `gateways/<name>/edge_token`, through an authenticating proxy (TCP).
-    /// Upstream's `cloudflare_jwt` reads as this.
+    // Upstream's `cloudflare_jwt` reads as this.
     #[serde(alias = "cloudflare_jwt")]
     Edge,
     /// `http://` loopback or port-forward: no TLS, no credentials.
