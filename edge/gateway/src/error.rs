@@ -39,6 +39,7 @@ impl From<GatewayError> for Status {
                 S::NotFound { .. } => Status::not_found(s.to_string()),
                 S::AlreadyExists { .. } => Status::already_exists(s.to_string()),
                 S::Conflict { .. } => Status::aborted(s.to_string()),
+                S::InvalidArgument(_) => Status::invalid_argument(s.to_string()),
                 other => {
                     tracing::error!(error = %other, "store failure");
                     Status::unavailable(format!("the gateway's database failed: {other}"))

@@ -54,10 +54,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     openshell_pki::fs::ensure_private_dir(&config.state_dir)?;
-    let db_path = config.state_dir.join("gateway.db");
+    let db_path = config
+        .state_dir
+        .join(openshell_store::SqliteStore::DEFAULT_FILE_NAME);
     let store: Arc<dyn openshell_store::Store> =
         Arc::new(openshell_store::SqliteStore::open(&db_path)?);
 
+    let secrets = Arc::new(openshell_store::SecretBox::load_or_create(
+        &config.state_dir,
+    )?);
     let revocations = Arc::new(auth::Revocations::default());
     let tls = match &config.tls {
         Some(paths) => {
@@ -88,6 +93,7 @@ pub async fn run(
     let facts_slot = Arc::new(std::sync::OnceLock::<services::openshell::GatewayFacts>::new());
     let grpc = build_grpc(
         store.clone(),
+        secrets,
         facts_slot.clone(),
         tls.is_some(),
         revocations.clone(),
@@ -143,12 +149,17 @@ pub async fn run(
 
 fn build_grpc(
     store: Arc<dyn openshell_store::Store>,
+    secrets: Arc<openshell_store::SecretBox>,
     facts: Arc<std::sync::OnceLock<services::openshell::GatewayFacts>>,
     tls: bool,
     revocations: Arc<auth::Revocations>,
     rpc_metrics: Arc<metrics::RpcMetrics>,
 ) -> GrpcService {
-    let openshell = services::openshell::OpenShellService { facts, store };
+    let openshell = services::openshell::OpenShellService {
+        facts,
+        store,
+        secrets,
+    };
     let routes = tonic::service::Routes::new(OpenShellServer::new(openshell))
         .add_service(DiagnosticsServer::new(
             services::diagnostics::DiagnosticsService,

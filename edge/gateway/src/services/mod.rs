@@ -2,4 +2,5 @@
 
 pub mod diagnostics;
 pub mod openshell;
+pub mod providers;
 pub mod supervisor;

@@ -5,9 +5,14 @@ use std::sync::Arc;
 
 use openshell_proto::open_shell_server::OpenShell;
 use openshell_proto::{
-    ComputeDriverInfo, GatewayInfo, GetCurrentUserRequest, GetGatewayInfoRequest, HealthRequest,
-    HealthResponse, Principal as WirePrincipal, ServingStatus,
+    ComputeDriverInfo, CreateProviderRequest, DeleteProviderRequest, DeleteProviderResponse,
+    GatewayInfo, GetCurrentUserRequest, GetGatewayInfoRequest, GetProviderRequest, HealthRequest,
+    HealthResponse, ListProvidersRequest, ListProvidersResponse, Principal as WirePrincipal,
+    Provider, ServingStatus, UpdateProviderRequest,
 };
+use openshell_store::{LabelSelector, Precondition};
+
+use super::providers;
 use openshell_transport::RequestContext;
 use tonic::{Request, Response, Status};
 
@@ -24,6 +29,7 @@ pub struct OpenShellService {
     /// Filled once the listeners are bound (the port may have been 0).
     pub facts: Arc<std::sync::OnceLock<GatewayFacts>>,
     pub store: Arc<dyn openshell_store::Store>,
+    pub secrets: Arc<openshell_store::SecretBox>,
 }
 
 pub(crate) fn wire_principal(c: &Caller) -> WirePrincipal {
@@ -98,5 +104,71 @@ impl OpenShell for OpenShellService {
         req: Request<GetCurrentUserRequest>,
     ) -> Result<Response<WirePrincipal>, Status> {
         Ok(Response::new(wire_principal(caller(&req)?)))
+    }
+
+    async fn create_provider(
+        &self,
+        req: Request<CreateProviderRequest>,
+    ) -> Result<Response<Provider>, Status> {
+        let p = providers::create(&*self.store, &self.secrets, req.into_inner()).await?;
+        tracing::info!(provider = %p.meta.as_ref().map(|m| m.name.as_str()).unwrap_or(""), "provider created");
+        Ok(Response::new(p))
+    }
+
+    async fn get_provider(
+        &self,
+        req: Request<GetProviderRequest>,
+    ) -> Result<Response<Provider>, Status> {
+        Ok(Response::new(
+            providers::get(&*self.store, &req.into_inner().name).await?,
+        ))
+    }
+
+    async fn list_providers(
+        &self,
+        req: Request<ListProvidersRequest>,
+    ) -> Result<Response<ListProvidersResponse>, Status> {
+        let req = req.into_inner();
+        let limit = (req.limit > 0).then_some(req.limit as usize);
+        let objs = self
+            .store
+            .list(
+                &providers::KIND,
+                &LabelSelector::everything(),
+                limit,
+                req.offset as usize,
+            )
+            .await
+            .map_err(crate::GatewayError::from)?;
+        let providers = objs
+            .iter()
+            .map(providers::to_wire)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(ListProvidersResponse { providers }))
+    }
+
+    async fn update_provider(
+        &self,
+        req: Request<UpdateProviderRequest>,
+    ) -> Result<Response<Provider>, Status> {
+        Ok(Response::new(
+            providers::update(&*self.store, &self.secrets, req.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_provider(
+        &self,
+        req: Request<DeleteProviderRequest>,
+    ) -> Result<Response<DeleteProviderResponse>, Status> {
+        let name = req.into_inner().name;
+        let deleted = self
+            .store
+            .delete(&providers::KIND, &name, Precondition::Unconditional)
+            .await
+            .map_err(crate::GatewayError::from)?;
+        if !deleted {
+            return Err(crate::GatewayError::NotFound(format!("provider '{name}'")).into());
+        }
+        Ok(Response::new(DeleteProviderResponse { deleted }))
     }
 }
