@@ -914,6 +914,24 @@ fn wrong_state_is_refused_and_add_rolls_back() {
 }
 
 #[test]
+fn interrupted_login_leaves_no_trace() {
+    let sb = Sandbox::new();
+    sb.add_plain("before", 4);
+    let mut live = Live::spawn(
+        &sb,
+        &["gateway", "add", "https://gw.test", "--name", "cloud"],
+        &[],
+    );
+    live.login_url("https://gw.test:17670");
+    live.child.kill().unwrap(); // the user gives up (SIGKILL: no chance to clean up)
+    live.child.wait().unwrap();
+    assert!(!sb.gw_dir("cloud").join("metadata.json").exists());
+    assert_eq!(sb.active().as_deref(), Some("before"));
+    let list = sb.run(&["gateway", "list", "-o", "json"]).ok().json();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
+
+#[test]
 fn login_timeout_rolls_back_to_no_active_gateway() {
     let sb = Sandbox::new();
     let live = Live::spawn(

@@ -185,13 +185,21 @@ async fn add(a: AddArgs, layout: &Layout, env: &Env) -> Result<ExitCode, CliErro
     let is_remote = !(a.local || endpoint.is_loopback());
     let meta = GatewayMetadata::new(name.as_str(), &endpoint, is_remote, auth);
     let previous_active = layout.user_active_raw().unwrap_or(None);
-    let registered = layout
-        .write_metadata(&name, &meta)
-        .and_then(|()| layout.set_active(&name));
-    let registered = match registered {
-        Ok(()) if auth == AuthMode::Edge => edge_login(&endpoint, &user_dir, env).await,
-        other => other,
+    // Sign in before anything is written: an interrupted or failed login leaves no trace.
+    // The config directory is checked first so an unwritable one fails before the browser.
+    let token = if auth == AuthMode::Edge {
+        registry::ensure_user_root(layout.user_root()?)?;
+        Some(login::browser_login(&endpoint, env).await?)
+    } else {
+        None
     };
+    let registered = token
+        .as_deref()
+        .map_or(Ok(()), |t| {
+            login::store_token(&user_dir.join(EDGE_TOKEN_FILE), t)
+        })
+        .and_then(|()| layout.write_metadata(&name, &meta))
+        .and_then(|()| layout.set_active(&name));
     if let Err(err) = registered {
         // Leave the registry as it was: no half-registered gateway, the old active one back.
         let _ = layout.remove_user_entry(&name);
@@ -274,15 +282,6 @@ fn choose_auth(
     }
 }
 
-async fn edge_login(
-    endpoint: &Endpoint,
-    user_dir: &std::path::Path,
-    env: &Env,
-) -> Result<(), CliError> {
-    let token = login::browser_login(endpoint, env).await?;
-    login::store_token(&user_dir.join(EDGE_TOKEN_FILE), &token)
-}
-
 fn remove(
     name: Option<String>,
     global: &GlobalArgs,
@@ -326,7 +325,11 @@ async fn login_cmd(
             "Gateway '{name}' does not use edge or OIDC authentication.\nOnly edge-authenticated and OIDC gateways support browser login."
         )));
     }
-    edge_login(&reg.endpoint, &layout.user_gateway_dir(&name)?, env).await?;
+    let token = login::browser_login(&reg.endpoint, env).await?;
+    login::store_token(
+        &layout.user_gateway_dir(&name)?.join(EDGE_TOKEN_FILE),
+        &token,
+    )?;
     eprintln!("✓ Authenticated to gateway '{name}'");
     Ok(ExitCode::SUCCESS)
 }
