@@ -161,7 +161,8 @@ impl LinkBuilder {
                 &ns,
                 "sh",
                 "-c",
-                "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6",
+                // Kernels without IPv6 have no such file and nothing to disable.
+                "f=/proc/sys/net/ipv6/conf/default/disable_ipv6; if [ -e $f ]; then echo 1 > $f; fi",
             ])?;
             // Device names are global until moved: make them unique per process and link.
             // "os" + pid (<= 7 hex) + "x" + n (4 hex) + side <= 15 bytes (IFNAMSIZ - 1).

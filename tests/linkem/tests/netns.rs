@@ -125,7 +125,8 @@ fn rtt_and_loss_are_what_is_configured_and_change_at_runtime() {
     eprintln!("50ms each way, no loss: {r:?}");
     assert_eq!((r.sent, r.received), (100, 100), "{r:?}");
     assert!(
-        rtt.min >= 100.0 && rtt.p50 < 115.0 && rtt.max < 130.0,
+        // Nothing early; the tail is bounded loosely since the machine is shared.
+        rtt.min >= 100.0 && rtt.p50 < 115.0 && rtt.p95 < 130.0,
         "{rtt:?}"
     );
 
@@ -171,8 +172,8 @@ fn rate_and_queue_limits_shape_real_traffic() {
     let rtt = r.rtt_ms.expect("replies");
     eprintln!("1 Mbit/s, 200 x 1028 B back to back: {r:?}");
     assert_eq!(r.received, 200, "queue 1000 must hold the whole burst");
-    assert!(rtt.min >= 16.4 && rtt.min < 25.0, "{rtt:?}");
-    assert!(rtt.max > 1400.0 && rtt.max < 1550.0, "{rtt:?}");
+    assert!(rtt.min >= 16.4 && rtt.min < 40.0, "{rtt:?}");
+    assert!(rtt.max > 1300.0 && rtt.max < 1700.0, "{rtt:?}");
 
     // A 10-packet queue tail-drops most of the same burst.
     link.set_both(imp.to_builder().queue_limit(10).build().unwrap());
@@ -245,9 +246,29 @@ fn stale_namespaces_of_dead_owners_are_removed_live_ones_kept() {
                 .success()
         );
     }
+    // A real crash: `up` killed with SIGKILL cannot clean up after itself.
+    let mut crashed = Command::new(BIN)
+        .args(["up"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = first_line(&mut crashed, Duration::from_secs(10));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let orphan = v["a"]["netns"].as_str().unwrap().to_string();
+    crashed.kill().unwrap();
+    crashed.wait().unwrap();
+    assert!(
+        namespaces().contains(&orphan),
+        "SIGKILL should leave {orphan} behind"
+    );
+
     let link = Link::builder().build().unwrap();
     let all = namespaces();
     let _ = Command::new("ip").args(["netns", "delete", &live]).status();
+    assert!(
+        !all.contains(&orphan),
+        "crashed run's namespace survived: {all:?}"
+    );
     assert!(!all.contains(&stale), "stale namespace survived: {all:?}");
     assert!(
         all.contains(&live),
@@ -372,13 +393,14 @@ fn jitter_burst_loss_and_reordering_on_a_real_link() {
         .jitter(ms(10))
         .build()
         .unwrap();
-    let link = Link::builder().impairment(jitter).build().unwrap();
+    // Seeded: the same probes meet the same random draws every run.
+    let link = Link::builder().impairment(jitter).seed(7).build().unwrap();
     let _echo = start_echo(&link, 7004);
     let r = probe(&link, 7004, 200, "5ms", 64, "1s");
     let rtt = r.rtt_ms.expect("replies");
     eprintln!("20ms +- 10ms each way: {r:?}");
     assert_eq!((r.received, r.reordered), (200, 0), "{r:?}");
-    assert!(rtt.min >= 20.0 && rtt.max < 65.0, "{rtt:?}");
+    assert!(rtt.min >= 20.0 && rtt.p95 < 65.0, "{rtt:?}");
     assert!(rtt.max - rtt.min > 10.0, "no visible jitter: {rtt:?}");
 
     // Burst loss only on A->B: every lost probe is a burst drop there.
