@@ -1018,6 +1018,28 @@ fn endpoint_flag_prefers_the_active_registration() {
 }
 
 #[test]
+fn upstream_metadata_keeps_its_meaning() {
+    let sb = Sandbox::new();
+    // Written by the upstream CLI: no port (the URL's standard one), no auth_mode, extra
+    // fields this CLI does not use.
+    let dir = sb.gw_dir("up");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("metadata.json"),
+        r#"{"name":"up","gateway_endpoint":"https://gw.example.com/","is_remote":true,"gateway_port":0,"remote_host":"me@box"}"#,
+    )
+    .unwrap();
+    std::fs::write(sb.user_root().join("active_gateway"), "  up  \n").unwrap();
+    let r = sb.resolve(&[], &[]);
+    assert_eq!(r["name"], "up");
+    assert_eq!(r["endpoint"], "https://gw.example.com:443");
+    assert_eq!(r["auth"], "mtls");
+    let r = sb.resolve(&["--gateway-endpoint", "https://gw.example.com"], &[]);
+    assert_eq!(r["name"], "up");
+    assert_eq!(r["endpoint"], "https://gw.example.com:443");
+}
+
+#[test]
 fn unknown_and_missing_gateway_errors_match_upstream() {
     let sb = Sandbox::new();
     let r = sb.run(&["gateway", "resolve"]).fails();

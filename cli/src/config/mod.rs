@@ -139,3 +139,28 @@ pub fn record_transport_used(gateway: &ResolvedGateway, transport: &str) -> Resu
     openshell_pki::fs::write_public(&path, &meta.to_json())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_memory_is_recorded_for_user_entries_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(Some(tmp.path().join("u")), tmp.path().join("s"));
+        let name = GatewayName::parse("gw").unwrap();
+        let ep = Endpoint::parse_input("http://127.0.0.1:1").unwrap();
+        let meta = metadata::GatewayMetadata::new("gw", &ep, false, AuthMode::Plaintext);
+        layout.write_metadata(&name, &meta).unwrap();
+        let reg = layout.lookup(&name).unwrap().unwrap();
+        let mut resolved = resolve::from_registration(&layout, &reg).unwrap();
+        record_transport_used(&resolved, "tcp").unwrap();
+        let again = layout.lookup(&name).unwrap().unwrap();
+        assert_eq!(again.metadata.transport_last_used.as_deref(), Some("tcp"));
+
+        resolved.source = Source::Endpoint;
+        record_transport_used(&resolved, "quic").unwrap();
+        let again = layout.lookup(&name).unwrap().unwrap();
+        assert_eq!(again.metadata.transport_last_used.as_deref(), Some("tcp"));
+    }
+}

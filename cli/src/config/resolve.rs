@@ -119,10 +119,9 @@ fn resolve_endpoint(
         .or_else(|| pick(&active))
         .or_else(|| matching.first())
     {
-        let mut resolved = from_registration(layout, reg)?;
-        // The URL given wins over a registered one that differs only in spelling.
-        resolved.endpoint = endpoint.to_string();
-        return Ok(resolved);
+        // The registered endpoint is the same gateway; its spelling (and port default, for
+        // metadata written by other tools) is the one to dial.
+        return from_registration(layout, reg);
     }
     // No registration: credentials are looked up under the -g/env name, else the default
     // name `gateway add` would have used for this host.
