@@ -696,10 +696,14 @@ struct Live {
 impl Live {
     fn spawn(sb: &Sandbox, args: &[&str], envs: &[(&str, &str)]) -> Live {
         let mut cmd = sb.command();
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         for (k, v) in envs {
             cmd.env(k, v);
         }
+        Live::spawn_command(cmd, args)
+    }
+
+    fn spawn_command(mut cmd: Command, args: &[&str]) -> Live {
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
@@ -929,6 +933,85 @@ fn interrupted_login_leaves_no_trace() {
     assert_eq!(sb.active().as_deref(), Some("before"));
     let list = sb.run(&["gateway", "list", "-o", "json"]).ok().json();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
+
+#[test]
+fn browser_is_opened_with_the_login_url() {
+    let sb = Sandbox::new();
+    // A stand-in `xdg-open` that records the URL it was asked to open.
+    let bin_dir = sb.path("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let opened = sb.path("opened-url");
+    let opener = bin_dir.join("xdg-open");
+    std::fs::write(
+        &opener,
+        format!("#!/bin/sh\nprintf '%s' \"$1\" > {}\n", opened.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&opener, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = sb.command();
+    cmd.env_remove("OPENSHELL_NO_BROWSER").env("PATH", &path);
+    let mut live = Live::spawn_command(
+        cmd,
+        &["gateway", "add", "https://gw.test", "--name", "cloud"],
+    );
+    let (port, state) = live.login_url("https://gw.test:17670");
+    let url = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::read_to_string(&opened)
+                .ok()
+                .filter(|u| !u.is_empty())
+        })
+        .expect("xdg-open was not run");
+    assert_eq!(
+        url,
+        format!(
+            "https://gw.test:17670/auth/connect?callback=http://127.0.0.1:{port}/callback&state={state}"
+        )
+    );
+    browser(
+        port,
+        &format!("GET /callback?token=t&state={state} HTTP/1.1\r\n\r\n"),
+    );
+    let run = live.finish().ok();
+    assert!(
+        run.stderr.contains("Opening your browser"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn gateway_side_error_or_missing_token_fails_the_login() {
+    let sb = Sandbox::new();
+    for (query, expect) in [
+        (
+            "error=access_denied",
+            "login failed at the gateway: access_denied",
+        ),
+        ("token=", "no usable token"),
+    ] {
+        let mut live = Live::spawn(
+            &sb,
+            &["gateway", "add", "https://gw.test", "--name", "cloud"],
+            &[],
+        );
+        let (port, state) = live.login_url("https://gw.test:17670");
+        let r = browser(
+            port,
+            &format!("GET /callback?{query}&state={state} HTTP/1.1\r\n\r\n"),
+        );
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+        let run = live.finish().fails();
+        assert!(run.stderr.contains(expect), "{}", run.stderr);
+        assert!(!sb.gw_dir("cloud").join("metadata.json").exists());
+    }
 }
 
 #[test]
