@@ -790,6 +790,9 @@ fn add_https_runs_browser_login_and_stores_token() {
     );
     let (port, state) = live.login_url("https://gw.test:17670");
     assert!(state.len() >= 32, "state too short: {state}");
+    // A browser's idle speculative connection must not hold up the callback.
+    let _idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let started = std::time::Instant::now();
     // Unrelated requests (favicon) do not end the login.
     let r = browser(port, "GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
@@ -799,6 +802,10 @@ fn add_https_runs_browser_login_and_stores_token() {
     );
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert!(r.contains("close this window"), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "callback was held up"
+    );
     let run = live.finish().ok();
     assert!(
         run.stderr

@@ -100,62 +100,83 @@ enum Callback {
     Params(Vec<(String, String)>),
 }
 
+/// Serves the listener until one request settles the login. Each connection is handled in
+/// its own task: a browser's idle speculative connection must not hold up the real callback.
 async fn accept_callback(listener: &TcpListener, state: &str) -> Result<String, CliError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<String, CliError>>(4);
     loop {
-        let (mut stream, _) = listener
-            .accept()
-            .await
-            .map_err(|e| CliError::msg(format!("login callback listener failed: {e}")))?;
-        let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) | Err(_) => {
-                let _ = respond(&mut stream, 400, "Bad request.").await;
-                continue;
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = accepted.map_err(|e| {
+                    CliError::msg(format!("login callback listener failed: {e}"))
+                })?;
+                let tx = tx.clone();
+                let state = state.to_string();
+                tokio::spawn(async move {
+                    if let Some(outcome) = handle_connection(stream, &state).await {
+                        let _ = tx.send(outcome).await;
+                    }
+                });
             }
-        };
-        let params = match parse_callback(&request) {
-            Some(Callback::Params(p)) => p,
-            Some(Callback::Other) => {
-                let _ = respond(&mut stream, 404, "Not found.").await;
-                continue;
-            }
-            None => {
-                let _ = respond(&mut stream, 400, "Bad request.").await;
-                continue;
-            }
-        };
-        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        if get("state") != Some(state) {
-            let _ = respond(
-                &mut stream,
-                400,
-                "Login refused: this callback does not belong to the login started by the CLI.",
-            )
-            .await;
-            return Err(CliError::hint(
-                "login refused: the callback's state does not match this login (a stale or forged callback)",
-                "Run the login again and complete it in the browser window it opens",
-            ));
+            Some(outcome) = rx.recv() => return outcome,
         }
-        if let Some(err) = get("error") {
-            let _ = respond(&mut stream, 400, "Login failed. You can close this window.").await;
-            return Err(CliError::msg(format!("login failed at the gateway: {err}")));
+    }
+}
+
+/// Answers one connection. `None` when it was not a callback (malformed, other path): the
+/// login goes on waiting.
+async fn handle_connection(mut stream: TcpStream, state: &str) -> Option<Result<String, CliError>> {
+    let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) | Err(_) => {
+            let _ = respond(&mut stream, 400, "Bad request.").await;
+            return None;
         }
-        let token = get("token").unwrap_or("").trim().to_string();
-        if token.is_empty() || token.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            let _ = respond(&mut stream, 400, "Login failed: no usable token.").await;
-            return Err(CliError::msg(
-                "login failed: the callback carried no usable token",
-            ));
+    };
+    let params = match parse_callback(&request) {
+        Some(Callback::Params(p)) => p,
+        Some(Callback::Other) => {
+            let _ = respond(&mut stream, 404, "Not found.").await;
+            return None;
         }
+        None => {
+            let _ = respond(&mut stream, 400, "Bad request.").await;
+            return None;
+        }
+    };
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    if get("state") != Some(state) {
         let _ = respond(
             &mut stream,
-            200,
-            "Signed in to OpenShell. You can close this window and return to the terminal.",
+            400,
+            "Login refused: this callback does not belong to the login started by the CLI.",
         )
         .await;
-        return Ok(token);
+        return Some(Err(CliError::hint(
+            "login refused: the callback's state does not match this login (a stale or forged callback)",
+            "Run the login again and complete it in the browser window it opens",
+        )));
     }
+    if let Some(err) = get("error") {
+        let _ = respond(&mut stream, 400, "Login failed. You can close this window.").await;
+        return Some(Err(CliError::msg(format!(
+            "login failed at the gateway: {err}"
+        ))));
+    }
+    let token = get("token").unwrap_or("").trim().to_string();
+    if token.is_empty() || token.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        let _ = respond(&mut stream, 400, "Login failed: no usable token.").await;
+        return Some(Err(CliError::msg(
+            "login failed: the callback carried no usable token",
+        )));
+    }
+    let _ = respond(
+        &mut stream,
+        200,
+        "Signed in to OpenShell. You can close this window and return to the terminal.",
+    )
+    .await;
+    Some(Ok(token))
 }
 
 /// Reads one HTTP/1.x request (head plus a Content-Length body) up to [`MAX_REQUEST`].
