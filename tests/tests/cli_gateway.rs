@@ -289,6 +289,52 @@ fn add_auth_flag_conflicts_are_refused() {
         "{}",
         r.stderr
     );
+    let r = sb
+        .run(&[
+            "gateway",
+            "add",
+            "http://127.0.0.1:1",
+            "--bundle",
+            "/nonexistent",
+        ])
+        .fails();
+    assert!(
+        r.stderr.contains("--bundle needs an https:// endpoint"),
+        "{}",
+        r.stderr
+    );
+    let r = sb
+        .run(&[
+            "gateway",
+            "add",
+            "https://gw.test",
+            "--auth",
+            "edge",
+            "--bundle",
+            "/nonexistent",
+        ])
+        .fails();
+    assert!(
+        r.stderr.contains("cannot be combined with --auth edge"),
+        "{}",
+        r.stderr
+    );
+    let r = sb
+        .run(&[
+            "gateway",
+            "add",
+            "https://gw.test",
+            "--auth",
+            "edge",
+            "--local",
+        ])
+        .fails();
+    assert!(
+        r.stderr.contains("cannot be combined with --auth edge"),
+        "{}",
+        r.stderr
+    );
+    assert!(!sb.user_root().join("gateways").exists());
     // Usage errors are exit 2 (clap).
     let r = sb.run(&["gateway", "add", "https://gw.test", "--auth", "bogus"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
@@ -681,6 +727,29 @@ fn placed_bundle_is_used_and_valid_bundle_needs_force() {
         r.stderr
     );
     assert_eq!(metadata(&sb, "direct")["auth_mode"], "plaintext");
+
+    // An explicit --auth edge wins over certificates that are present.
+    sb.run(&["gateway", "remove", "direct"]).ok();
+    let r = sb
+        .run_with(
+            &[
+                "gateway",
+                "add",
+                "https://gw.test",
+                "--name",
+                "direct",
+                "--auth",
+                "edge",
+            ],
+            &[("OPENSHELL_LOGIN_TIMEOUT_SECS", "1")],
+        )
+        .fails();
+    assert!(r.stderr.contains("/auth/connect?callback="), "{}", r.stderr);
+    assert!(r.stderr.contains("login timed out"), "{}", r.stderr);
+    assert!(
+        mtls.join("tls.key").is_file(),
+        "certificates untouched by the rollback"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -133,10 +133,10 @@ async fn add(a: AddArgs, layout: &Layout, env: &Env) -> Result<ExitCode, CliErro
     }
     let user_dir = layout.user_gateway_dir(&name)?;
     let mtls_dir = user_dir.join(MTLS_DIR);
+    let installed = bundle::inspect(&mtls_dir);
+    let auth = choose_auth(&a, &endpoint, &installed)?;
     // Read the bundle before writing anything, so a bad file leaves no trace.
     let new_bundle = a.bundle.as_deref().map(bundle::read_bundle).transpose()?;
-    let installed = bundle::inspect(&mtls_dir);
-    let auth = choose_auth(&a, &endpoint, new_bundle.is_some(), &installed)?;
 
     let mut installed_fresh = false;
     if auth == AuthMode::Mtls {
@@ -233,10 +233,10 @@ async fn add(a: AddArgs, layout: &Layout, env: &Env) -> Result<ExitCode, CliErro
 fn choose_auth(
     a: &AddArgs,
     endpoint: &Endpoint,
-    bundle_given: bool,
     installed: &Installed,
 ) -> Result<AuthMode, CliError> {
     let requested = a.auth;
+    let bundle_given = a.bundle.is_some();
     match endpoint.scheme {
         Scheme::Http => {
             if let Some(mode) = requested.filter(|m| *m != AuthMode::Plaintext) {
