@@ -1354,6 +1354,10 @@ fn corrupt_metadata_is_reported_with_the_fix() {
         r.stderr
     );
 
+    let r = sb.run(&["gateway", "select"]).ok();
+    assert_eq!(r.stderr.matches("is corrupt").count(), 1, "{}", r.stderr);
+    assert!(r.stdout.contains("good"), "{}", r.stdout);
+
     // Bad endpoint inside valid JSON is corrupt too.
     std::fs::write(&bad, r#"{"name":"broken","gateway_endpoint":"ftp://x"}"#).unwrap();
     let r = sb.run(&["gateway", "select", "broken"]).fails();

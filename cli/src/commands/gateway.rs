@@ -364,15 +364,16 @@ fn select(
         Some(n) => GatewayName::parse(&n)?,
         None => {
             let (regs, broken) = layout.list();
-            warn_broken(&broken);
             let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
             if !interactive || regs.is_empty() {
+                // `list` prints the warnings about unreadable entries.
                 list(OutputFormat::Table, global, layout, env)?;
                 if !regs.is_empty() {
                     eprintln!("Select a gateway with: openshell gateway select <name>");
                 }
                 return Ok(ExitCode::SUCCESS);
             }
+            warn_broken(&broken);
             match choose(&regs)? {
                 Some(n) => n,
                 None => {
