@@ -152,12 +152,11 @@ impl GatewayBuilder {
 
 fn after(line: &str, marker: &str) -> Option<String> {
     let rest = &line[line.find(marker)? + marker.len()..];
-    Some(
-        rest.split_whitespace()
-            .next()?
-            .trim_end_matches(',')
-            .to_string(),
-    )
+    let addr: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
+    (!addr.is_empty()).then_some(addr)
 }
 
 impl Gateway {
