@@ -207,7 +207,7 @@ pub fn read_bundle(path: &Path) -> Result<ClientBundle, PkiError> {
 
 /// Writes the single-file form to `path` (0600, atomically).
 pub fn write_bundle(bundle: &ClientBundle, path: &Path) -> Result<(), PkiError> {
-    fs::write_secret(path, bundle.to_pem().as_bytes())?;
+    fs::write_secret_file(path, bundle.to_pem().as_bytes())?;
     Ok(())
 }
 

@@ -323,19 +323,8 @@ impl Ca {
     /// state (another process may have rotated the CA or issued certificates).
     fn begin(&mut self) -> Result<DirLock, PkiError> {
         let lock_path = self.dir.lock_path();
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
-        let lock = loop {
-            match DirLock::acquire(&lock_path)? {
-                Ok(lock) => break lock,
-                Err(pid) if std::time::Instant::now() >= deadline => {
-                    return Err(PkiError::Locked {
-                        path: lock_path,
-                        pid,
-                    });
-                }
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
-            }
-        };
+        let lock =
+            DirLock::acquire(&lock_path, LOCK_WAIT)?.ok_or(PkiError::Locked { path: lock_path })?;
         *self = Ca::load(&self.dir)?;
         Ok(lock)
     }

@@ -84,9 +84,9 @@ pub enum PkiError {
     },
 
     #[error(
-        "another `openshell pki` command holds {path} (pid {pid}); wait for it, or remove the file if no such process is running"
+        "another `openshell pki` command (or the gateway) has held {path} for 10 s; retry when it is done"
     )]
-    Locked { path: PathBuf, pid: String },
+    Locked { path: PathBuf },
 
     #[error("cannot create {path}: {source} (check the parent directory is writable)")]
     Rename {

@@ -65,9 +65,26 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), FsError> {
     )
 }
 
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// Atomically writes a secret (0600) into a 0700 directory.
 pub fn write_secret(path: &Path, contents: &[u8]) -> Result<(), FsError> {
-    if let Some(parent) = path.parent() {
+    ensure_private_dir(parent_of(path))?;
+    write_atomic(path, contents, SECRET_FILE_MODE)
+}
+
+/// Atomically writes a secret (0600) to a place the user chose (e.g. `--bundle FILE`):
+/// a missing parent is created 0700, an existing one is left as it is (it may be the
+/// user's home or download directory).
+pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), FsError> {
+    let parent = parent_of(path);
+    if !parent.exists() {
         ensure_private_dir(parent)?;
     }
     write_atomic(path, contents, SECRET_FILE_MODE)
@@ -75,9 +92,8 @@ pub fn write_secret(path: &Path, contents: &[u8]) -> Result<(), FsError> {
 
 /// Atomically writes a non-secret file (0644), creating missing parents as 0700.
 pub fn write_public(path: &Path, contents: &[u8]) -> Result<(), FsError> {
-    if let Some(parent) = path.parent()
-        && !parent.exists()
-    {
+    let parent = parent_of(path);
+    if !parent.exists() {
         ensure_private_dir(parent)?;
     }
     write_atomic(path, contents, PUBLIC_FILE_MODE)
@@ -85,10 +101,7 @@ pub fn write_public(path: &Path, contents: &[u8]) -> Result<(), FsError> {
 
 /// Writes `contents` to a temp file beside `path`, fsyncs it and renames it over `path`.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = parent_of(path);
     let err = |source| FsError::Write {
         path: path.to_path_buf(),
         source,
@@ -161,11 +174,10 @@ pub fn replace_dir(staged: &Path, target: &Path) -> Result<(), FsError> {
 /// A fresh private (0700) directory beside `target` (same filesystem, so it can be renamed
 /// over it). Removed on drop unless renamed away.
 pub fn staging_dir_for(target: &Path) -> Result<tempfile::TempDir, FsError> {
-    let parent = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    ensure_private_dir(&parent)?;
+    let parent = parent_of(target).to_path_buf();
+    if !parent.exists() {
+        ensure_private_dir(&parent)?;
+    }
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -228,11 +240,8 @@ impl FileSet {
     pub fn commit(self) -> Result<(), FsError> {
         let mut staged = Vec::with_capacity(self.files.len());
         for (path, contents, mode) in &self.files {
-            let dir = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            ensure_private_dir_if_missing(&dir)?;
+            let dir = parent_of(path);
+            ensure_private_dir_if_missing(dir)?;
             let err = |source| FsError::Write {
                 path: path.clone(),
                 source,
@@ -240,7 +249,7 @@ impl FileSet {
             let mut tmp = tempfile::Builder::new()
                 .prefix(".tmp-")
                 .permissions(std::fs::Permissions::from_mode(*mode))
-                .tempfile_in(&dir)
+                .tempfile_in(dir)
                 .map_err(err)?;
             tmp.write_all(contents).map_err(err)?;
             tmp.as_file().sync_all().map_err(err)?;
@@ -282,55 +291,62 @@ fn ensure_private_dir_if_missing(dir: &Path) -> Result<(), FsError> {
     }
 }
 
-/// An exclusive lock on a directory held by creating `path` (removed on drop). A lock left by
-/// a process that no longer exists is taken over.
+/// An exclusive advisory lock (`flock`) on a lock file, held until drop. The kernel drops
+/// it when the holder exits, however it exits, so there are no stale locks to clean up.
+/// The lock file itself stays (removing it would let two processes lock different files).
 #[derive(Debug)]
 pub struct DirLock {
-    path: PathBuf,
+    _file: std::fs::File,
 }
 
 impl DirLock {
-    /// Takes the lock, or returns the pid of the live holder.
-    pub fn acquire(path: &Path) -> Result<Result<DirLock, String>, FsError> {
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(SECRET_FILE_MODE)
-                .open(path)
-            {
-                Ok(mut f) => {
-                    let _ = writeln!(f, "{}", std::process::id());
-                    return Ok(Ok(DirLock {
-                        path: path.to_path_buf(),
-                    }));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder = std::fs::read_to_string(path).unwrap_or_default();
-                    let pid = holder.trim().to_string();
-                    let alive = !pid.is_empty()
-                        && pid.bytes().all(|b| b.is_ascii_digit())
-                        && Path::new("/proc").join(&pid).exists();
-                    if alive {
-                        return Ok(Err(pid));
-                    }
-                    let _ = std::fs::remove_file(path);
-                }
-                Err(source) => {
-                    return Err(FsError::Write {
-                        path: path.to_path_buf(),
-                        source,
-                    });
-                }
+    /// Takes the lock on `path` (created 0600 if missing), waiting up to `wait` for another
+    /// holder. `Ok(None)` when it is still held after `wait`.
+    pub fn acquire(path: &Path, wait: std::time::Duration) -> Result<Option<DirLock>, FsError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(SECRET_FILE_MODE)
+            .open(path)
+            .map_err(|source| FsError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if try_flock_exclusive(&file).map_err(|source| FsError::Write {
+                path: path.to_path_buf(),
+                source,
+            })? {
+                return Ok(Some(DirLock { _file: file }));
             }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        Ok(Err("unknown".into()))
     }
 }
 
-impl Drop for DirLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+/// `flock(fd, LOCK_EX | LOCK_NB)`: `Ok(false)` when another open file holds it.
+#[allow(unsafe_code)]
+fn try_flock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock only reads the descriptor number; `file` owns it and outlives the call.
+    // (std's File::try_lock does the same but needs Rust 1.89; the workspace supports 1.88.)
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK)
+        || err.kind() == std::io::ErrorKind::Interrupted
+    {
+        Ok(false)
+    } else {
+        Err(err)
     }
 }
 
@@ -426,17 +442,33 @@ mod tests {
     }
 
     #[test]
-    fn lock_is_exclusive_and_stale_locks_are_taken_over() {
+    fn lock_is_exclusive_until_dropped() {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join(".lock");
-        let held = DirLock::acquire(&path).unwrap().unwrap();
-        assert_eq!(
-            DirLock::acquire(&path).unwrap().unwrap_err(),
-            std::process::id().to_string()
-        );
+        let wait = std::time::Duration::from_millis(50);
+        let held = DirLock::acquire(&path, wait).unwrap().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert!(DirLock::acquire(&path, wait).unwrap().is_none());
         drop(held);
-        assert!(!path.exists());
-        std::fs::write(&path, b"999999999\n").unwrap();
-        assert!(DirLock::acquire(&path).unwrap().is_ok());
+        assert!(DirLock::acquire(&path, wait).unwrap().is_some());
+    }
+
+    #[test]
+    fn user_chosen_files_leave_existing_parents_alone() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let f = root.path().join("bundle.pem");
+        write_secret_file(&f, b"s").unwrap();
+        assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(root.path()).unwrap().mode() & 0o777,
+            0o755
+        );
+        write_secret_file(&root.path().join("new/b.pem"), b"s").unwrap();
+        assert_eq!(
+            std::fs::metadata(root.path().join("new")).unwrap().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(parent_of(Path::new("a.pem")), Path::new("."));
     }
 }

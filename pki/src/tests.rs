@@ -675,7 +675,8 @@ fn concurrent_changes_are_all_recorded() {
             .count(),
         12
     );
-    assert!(!t.dir.lock_path().exists());
+    // The lock file stays (0600); the lock itself is released.
+    assert_eq!(mode(&t.dir.lock_path()), 0o600);
 }
 
 #[test]
@@ -692,4 +693,79 @@ fn inspect_handles_garbage() {
     let tmp = tempfile::tempdir().unwrap();
     let err = inspect_path(tmp.path(), None).unwrap_err().to_string();
     assert!(err.contains("no tls.crt"), "{err}");
+}
+
+mod untrusted_input {
+    //! The same calls as `fuzz/fuzz_targets/parse_cert.rs`, on random bytes and on
+    //! corrupted real certificates and bundles, so the parsers are exercised in every
+    //! `cargo test` (cargo-fuzz needs nightly).
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn all_parsers(data: &[u8]) {
+        let _ = parse_certificates(data, "fuzz");
+        let _ = inspect_bytes(data, "fuzz", None);
+        let _ = ClientBundle::from_pem(data, "fuzz");
+        if let Ok(text) = std::str::from_utf8(data) {
+            let _ = Serial::parse(text);
+            let _ = Duration::parse(text);
+            let _ = San::parse(text);
+        }
+    }
+
+    /// A real bundle (PEM) and client certificate (DER), made once.
+    fn samples() -> &'static (String, Vec<u8>) {
+        static SAMPLES: OnceLock<(String, Vec<u8>)> = OnceLock::new();
+        SAMPLES.get_or_init(|| {
+            let mut t = TestPki::new();
+            let c =
+                t.ca.issue_client("fuzz", &["a".into(), "b".into()], Duration::days(1))
+                    .unwrap();
+            let bundle = format!("{}{}{}", t.ca.cert_pem(), c.cert_pem, c.key_pem);
+            let der = parse_certificates(c.cert_pem.as_bytes(), "c")
+                .unwrap()
+                .remove(0);
+            (bundle, der)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            all_parsers(&data);
+        }
+
+        #[test]
+        fn corrupted_der_never_panics(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8), cut in any::<usize>()) {
+            let mut der = samples().1.clone();
+            for (at, byte) in flips {
+                let i = at % der.len();
+                der[i] ^= byte | 1;
+            }
+            all_parsers(&der);
+            all_parsers(&der[..cut % der.len()]);
+        }
+
+        #[test]
+        fn corrupted_bundles_never_panic_or_pass(at in any::<usize>(), byte in 1u8..) {
+            let mut text = samples().0.clone().into_bytes();
+            let i = at % text.len();
+            text[i] ^= byte;
+            all_parsers(&text);
+            // A changed byte inside a signed certificate or the key must not yield a bundle
+            // that still checks out with different content.
+            if let Ok(b) = ClientBundle::from_pem(&text, "mutated") {
+                let original = ClientBundle::from_pem(samples().0.as_bytes(), "o").unwrap();
+                prop_assert_eq!(b.describe().unwrap(), original.describe().unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn the_uncorrupted_samples_parse() {
+        let (bundle, der) = samples();
+        assert!(ClientBundle::from_pem(bundle.as_bytes(), "b").is_ok());
+        assert_eq!(inspect_bytes(der, "d", None).unwrap().roles, ["a", "b"]);
+    }
 }
