@@ -24,9 +24,21 @@ pub struct GlobalArgs {
     /// Gateway endpoint URL to use directly, bypassing the registry lookup.
     #[arg(long, global = true, value_name = "URL")]
     pub gateway_endpoint: Option<String>,
+    /// Which path to the gateway: auto (QUIC, TCP when UDP is blocked), quic or tcp.
+    #[arg(long, global = true, value_enum, default_value_t, env = "OPENSHELL_TRANSPORT")]
+    pub transport: TransportChoice,
     /// More logging on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+}
+
+/// Path selection (`--transport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportChoice {
+    #[default]
+    Auto,
+    Quic,
+    Tcp,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,1 +1,141 @@
-//! Connecting to the resolved gateway (owned by the transport work).
+//! Connecting the CLI to the resolved gateway: load its credentials, pick the path from
+//! what worked last time, connect (QUIC first, TCP fallback), and remember the path.
+//!
+//! Credentials: mTLS reads `gateways/<name>/mtls/{ca.crt,tls.crt,tls.key}` (the key must be
+//! owner-only); edge mode sends the stored `edge_token` over the TCP path (the proxy's CA
+//! in `mtls/ca.crt`); plaintext needs nothing.
+
+use std::time::Duration;
+
+use openshell_transport::tls::ClientMaterial;
+use openshell_transport::{ClientConfig, Connection, Connector, Endpoint, PathHint};
+
+use crate::CliError;
+use crate::args::TransportChoice;
+use crate::config::{AuthMode, ResolvedGateway};
+
+/// A connection plus what the CLI knows about the gateway it reached.
+pub struct GatewayConnection {
+    pub conn: Connection,
+    pub gateway: ResolvedGateway,
+}
+
+fn missing_mtls(gw: &ResolvedGateway, what: &str) -> CliError {
+    CliError::hint(
+        format!(
+            "mTLS credentials for gateway '{}' are incomplete: {what} is missing in {}",
+            gw.name,
+            gw.mtls_dir.display()
+        ),
+        format!(
+            "Issue a certificate with: openshell pki issue <user> --gateway {}\nOr import a bundle: openshell gateway add {} --name {} --bundle <file>",
+            gw.name, gw.endpoint, gw.name
+        ),
+    )
+}
+
+fn read_pem(gw: &ResolvedGateway, file: &str, secret: bool) -> Result<Vec<u8>, CliError> {
+    let path = gw.mtls_dir.join(file);
+    if !path.exists() {
+        return Err(missing_mtls(gw, file));
+    }
+    Ok(if secret {
+        openshell_pki::fs::read_secret(&path)?
+    } else {
+        openshell_pki::fs::read_public(&path)?
+    })
+}
+
+/// The transport settings for a resolved gateway.
+pub fn client_config(
+    gw: &ResolvedGateway,
+    choice: TransportChoice,
+) -> Result<ClientConfig, CliError> {
+    let endpoint = Endpoint::parse(&gw.endpoint)?;
+    let mut cfg = match gw.auth {
+        AuthMode::Plaintext => ClientConfig::new(endpoint, None),
+        AuthMode::Mtls => {
+            let ca = read_pem(gw, "ca.crt", false)?;
+            let cert = read_pem(gw, "tls.crt", false)?;
+            let key = read_pem(gw, "tls.key", true)?;
+            let material = ClientMaterial::from_pem(&ca, Some((&cert, &key)))?;
+            ClientConfig::new(endpoint, Some(material))
+        }
+        AuthMode::Edge => {
+            let token = openshell_pki::fs::read_secret(&gw.edge_token_path).map_err(|_| {
+                CliError::hint(
+                    format!("no sign-in token is stored for gateway '{}'", gw.name),
+                    format!("Sign in with: openshell gateway login {}", gw.name),
+                )
+            })?;
+            let ca = read_pem(gw, "ca.crt", false).map_err(|_| {
+                CliError::hint(
+                    format!(
+                        "gateway '{}' is behind a proxy whose CA is not in {}/ca.crt",
+                        gw.name,
+                        gw.mtls_dir.display()
+                    ),
+                    "Place the proxy's CA certificate there (public CAs are not bundled)",
+                )
+            })?;
+            let mut cfg =
+                ClientConfig::new(endpoint, Some(ClientMaterial::from_pem(&ca, None)?));
+            cfg.bearer = Some(String::from_utf8_lossy(&token).trim().to_string());
+            // An authenticating reverse proxy speaks HTTP/2 over TCP only.
+            cfg.hint = PathHint::TcpOnly;
+            return Ok(cfg);
+        }
+    };
+    cfg.hint = match choice {
+        TransportChoice::Quic => PathHint::QuicOnly,
+        TransportChoice::Tcp => PathHint::TcpOnly,
+        TransportChoice::Auto => {
+            // Remembered: when TCP was what worked last, QUIC gets only a short head start
+            // (it may work again on this network) before TCP is tried.
+            if last_transport(gw).as_deref() == Some("tcp") {
+                cfg.fallback_after = Duration::from_millis(250);
+            }
+            PathHint::Auto
+        }
+    };
+    Ok(cfg)
+}
+
+fn last_transport(gw: &ResolvedGateway) -> Option<String> {
+    let path = gw.user_dir.join(crate::config::registry::METADATA_FILE);
+    crate::config::metadata::GatewayMetadata::load(&path)
+        .ok()
+        .and_then(|(m, _)| m.transport_last_used)
+}
+
+/// Connects to the gateway and remembers the path that worked.
+pub async fn connect(
+    gw: &ResolvedGateway,
+    choice: TransportChoice,
+) -> Result<GatewayConnection, CliError> {
+    let cfg = client_config(gw, choice)?;
+    let conn = Connector::new(cfg)?.connect().await?;
+    if let Err(e) = crate::config::record_transport_used(gw, conn.transport().as_str()) {
+        tracing::warn!(error = %e, "cannot remember the transport used");
+    }
+    Ok(GatewayConnection {
+        conn,
+        gateway: gw.clone(),
+    })
+}
+
+impl GatewayConnection {
+    /// Turns a failed RPC into the error users should see: the connection's close reason
+    /// (e.g. a rejected certificate) when that is what happened.
+    pub async fn rpc_error(&self, status: tonic::Status) -> CliError {
+        if let Some(reason) = self.conn.explain(&status) {
+            return reason.into();
+        }
+        // The close frame may trail the failed stream by a moment.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match self.conn.explain(&status) {
+            Some(reason) => reason.into(),
+            None => status.into(),
+        }
+    }
+}

@@ -120,15 +120,32 @@ impl std::fmt::Debug for Ca {
     }
 }
 
+/// A change to the PKI in progress. Only [`Ca::change`] makes one (after taking the lock and
+/// reloading the on-disk state) and only [`Ca::commit`] writes one (derived files and
+/// `index.json` last), so no code path can skip the lock, build on stale state, or leave
+/// `crl.pem` out of date with the index. Dropping it writes nothing and releases the lock.
+struct Change {
+    files: FileSet,
+    _lock: DirLock,
+}
+
 /// Creates a PKI in `dir`: CA, server certificate, empty CRL, index. Refuses an existing PKI
 /// unless `opts.force`. Nothing is visible at `dir` until everything is written.
 pub fn init(dir: &PkiDir, opts: InitOptions) -> Result<Ca, PkiError> {
-    if dir.path().exists() && !opts.force {
+    if dir.exists() {
+        if !opts.force {
+            return Err(PkiError::AlreadyInitialized {
+                dir: dir.path().to_path_buf(),
+            });
+        }
+    } else if dir.path().exists() {
+        // Not a PKI: never replace (or delete) a directory we did not create, even with
+        // --force (`--dir ~ --force` must not take the home directory away).
         let non_empty = std::fs::read_dir(dir.path())
             .map(|mut d| d.next().is_some())
             .unwrap_or(true);
         if non_empty {
-            return Err(PkiError::AlreadyInitialized {
+            return Err(PkiError::NotAPkiDir {
                 dir: dir.path().to_path_buf(),
             });
         }
@@ -319,14 +336,33 @@ impl Ca {
         self.index.current_ca().not_after
     }
 
-    /// Takes the directory lock and reloads everything, so a change builds on the latest
-    /// state (another process may have rotated the CA or issued certificates).
-    fn begin(&mut self) -> Result<DirLock, PkiError> {
+    /// Starts a change: takes the directory lock and reloads everything, so the change builds
+    /// on the latest state (another process may have rotated the CA or issued certificates).
+    fn change(&mut self) -> Result<Change, PkiError> {
         let lock_path = self.dir.lock_path();
         let lock =
             DirLock::acquire(&lock_path, LOCK_WAIT)?.ok_or(PkiError::Locked { path: lock_path })?;
         *self = Ca::load(&self.dir)?;
-        Ok(lock)
+        Ok(Change {
+            files: FileSet::new(),
+            _lock: lock,
+        })
+    }
+
+    /// Finishes a change: adds `crl.pem`, `ca-bundle.pem` and then `index.json` (from
+    /// `self.index`) and writes everything. On failure nothing on disk changes and `self` is
+    /// reloaded from disk, dropping the in-memory edits.
+    fn commit(&mut self, mut change: Change, now: OffsetDateTime) -> Result<(), PkiError> {
+        let result = self
+            .derived_files(&mut change.files, now)
+            .and_then(|()| failpoint("before-commit"))
+            .and_then(|()| Ok(change.files.commit()?));
+        if result.is_err()
+            && let Ok(fresh) = Ca::load(&self.dir)
+        {
+            *self = fresh;
+        }
+        result
     }
 
     fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, PkiError> {
@@ -537,13 +573,11 @@ impl Ca {
         }
         let mut roles = roles.to_vec();
         roles.dedup();
-        let _lock = self.begin()?;
+        let change = self.change()?;
         let now = OffsetDateTime::now_utc();
         let issued = self.build_client(user, &roles, CertKind::User, validity, now)?;
         self.index.certificates.push(issued.entry.clone());
-        let mut files = FileSet::new();
-        files.public(self.dir.index_path(), self.index.to_json());
-        files.commit()?;
+        self.commit(change, now)?;
         Ok(issued)
     }
 
@@ -555,7 +589,7 @@ impl Ca {
         validity: Duration,
     ) -> Result<(String, String, Serial), PkiError> {
         names::check_sandbox_id(sandbox_id)?;
-        let _lock = self.begin()?;
+        let change = self.change()?;
         let now = OffsetDateTime::now_utc();
         let cn = format!("{SANDBOX_CN_PREFIX}{sandbox_id}");
         let issued = self.build_client(
@@ -566,9 +600,7 @@ impl Ca {
             now,
         )?;
         self.index.certificates.push(issued.entry.clone());
-        let mut files = FileSet::new();
-        files.public(self.dir.index_path(), self.index.to_json());
-        files.commit()?;
+        self.commit(change, now)?;
         Ok((issued.cert_pem, issued.key_pem, issued.serial))
     }
 
@@ -579,7 +611,7 @@ impl Ca {
         extra_sans: &[San],
         validity: Duration,
     ) -> Result<IssuedCert, PkiError> {
-        let _lock = self.begin()?;
+        let mut change = self.change()?;
         let now = OffsetDateTime::now_utc();
         for s in extra_sans {
             if !self.index.server_sans.contains(s) {
@@ -590,12 +622,11 @@ impl Ca {
         let cross = self.current_cross(now);
         let issued = self.build_server(&sans, validity, now, &cross)?;
         self.index.certificates.push(issued.entry.clone());
-        let mut files = FileSet::new();
-        files
+        change
+            .files
             .public(self.dir.server_cert_path(), issued.cert_pem.clone())
             .secret(self.dir.server_key_path(), issued.key_pem.clone());
-        self.derived_files(&mut files, now)?;
-        files.commit()?;
+        self.commit(change, now)?;
         Ok(issued)
     }
 
@@ -606,7 +637,7 @@ impl Ca {
         serial_or_user: &str,
         reason: Option<&str>,
     ) -> Result<Vec<IndexEntry>, PkiError> {
-        let _lock = self.begin()?;
+        let change = self.change()?;
         let now = OffsetDateTime::now_utc();
         let query = serial_or_user.trim();
         let by_serial = Serial::parse(query)
@@ -662,9 +693,7 @@ impl Ca {
             .iter()
             .map(|&i| self.index.certificates[i].clone())
             .collect();
-        let mut files = FileSet::new();
-        self.derived_files(&mut files, now)?;
-        files.commit()?;
+        self.commit(change, now)?;
         Ok(revoked)
     }
 
@@ -680,7 +709,7 @@ impl Ca {
     /// certificate is re-issued by the new CA and carries a cross certificate (new CA signed by
     /// the old) during the overlap, so clients that only have the old `ca.crt` still verify it.
     pub fn rotate_ca(&mut self, overlap: Duration) -> Result<RotatedCa, PkiError> {
-        let _lock = self.begin()?;
+        let change = self.change()?;
         let now = OffsetDateTime::now_utc();
         let old = self.index.current_ca().clone();
         let old_trusted_until = (now + overlap.to_time()).min(old.not_after);
@@ -707,6 +736,7 @@ impl Ca {
         fs::write_public(&retired.join("ca.crt"), self.cert_pem.as_bytes())?;
         fs::write_secret(&retired.join("ca.key"), self.key.serialize_pem().as_bytes())?;
         let result = self.switch_to_new_ca(
+            change,
             &old,
             old_trusted_until,
             new_params,
@@ -725,7 +755,6 @@ impl Ca {
             }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&retired);
-                *self = Ca::load(&self.dir)?;
                 Err(e)
             }
         }
@@ -734,6 +763,7 @@ impl Ca {
     #[allow(clippy::too_many_arguments)]
     fn switch_to_new_ca(
         &mut self,
+        mut change: Change,
         old: &CaRecord,
         old_trusted_until: OffsetDateTime,
         new_params: CertificateParams,
@@ -774,8 +804,8 @@ impl Ca {
             std::slice::from_ref(&cross_der),
         )?;
         self.index.certificates.push(server.entry.clone());
-        let mut files = FileSet::new();
-        files
+        change
+            .files
             .public(
                 self.dir.cross_cert_path(),
                 pem::encode("CERTIFICATE", &cross_der),
@@ -784,9 +814,7 @@ impl Ca {
             .secret(self.dir.ca_key_path(), self.key.serialize_pem())
             .public(self.dir.server_cert_path(), server.cert_pem.clone())
             .secret(self.dir.server_key_path(), server.key_pem.clone());
-        self.derived_files(&mut files, now)?;
-        failpoint("rotate-before-commit")?;
-        files.commit()?;
+        self.commit(change, now)?;
         Ok(server)
     }
 

@@ -17,6 +17,11 @@ pub enum PkiError {
     )]
     AlreadyInitialized { dir: PathBuf },
 
+    #[error(
+        "{dir} is not empty and holds no PKI; choose a new or empty directory with --dir (it is never replaced, even with --force)"
+    )]
+    NotAPkiDir { dir: PathBuf },
+
     #[error("no PKI in {dir} ({missing} is missing): run `openshell pki init --dir {dir}` first")]
     NotInitialized { dir: PathBuf, missing: PathBuf },
 

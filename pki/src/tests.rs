@@ -429,7 +429,7 @@ fn failed_rotation_changes_nothing() {
     .iter()
     .map(|f| read(t.dir.path().join(f)))
     .collect();
-    crate::ca::FAILPOINT.with(|f| f.set(Some("rotate-before-commit")));
+    crate::ca::FAILPOINT.with(|f| f.set(Some("before-commit")));
     let err = t.ca.rotate_ca(Duration::days(1)).unwrap_err().to_string();
     crate::ca::FAILPOINT.with(|f| f.set(None));
     assert!(err.contains("injected"), "{err}");
@@ -496,6 +496,54 @@ fn failed_init_leaves_nothing_and_keeps_the_old_pki() {
     .unwrap();
     assert_ne!(replaced.serial(), ca.serial());
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn failed_issue_and_revoke_change_nothing() {
+    let mut t = TestPki::new();
+    let alice = t.ca.issue_client("alice", &[], Duration::days(1)).unwrap();
+    let files = ["index.json", "crl.pem", "ca-bundle.pem"];
+    let before: Vec<_> = files.iter().map(|f| read(t.dir.path().join(f))).collect();
+    crate::ca::FAILPOINT.with(|f| f.set(Some("before-commit")));
+    assert!(t.ca.issue_client("bob", &[], Duration::days(1)).is_err());
+    assert!(t.ca.revoke("alice", None).is_err());
+    assert!(
+        t.ca.mint_sandbox_credential("s", Duration::days(1))
+            .is_err()
+    );
+    assert!(t.ca.issue_server(&[], Duration::days(1)).is_err());
+    crate::ca::FAILPOINT.with(|f| f.set(None));
+    let after: Vec<_> = files.iter().map(|f| read(t.dir.path().join(f))).collect();
+    assert_eq!(before, after);
+    // The in-memory state was reloaded: no phantom entries.
+    assert_eq!(t.ca.index().certificates.len(), 2);
+    assert!(
+        t.ca.index()
+            .find(&alice.serial)
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
+}
+
+#[test]
+fn init_never_replaces_a_directory_that_is_not_a_pki() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("precious.txt"), "x").unwrap();
+    let dir = PkiDir::new(tmp.path());
+    for force in [false, true] {
+        let opts = InitOptions {
+            force,
+            ..Default::default()
+        };
+        let err = init(&dir, opts).unwrap_err().to_string();
+        assert!(err.contains("holds no PKI"), "{err}");
+    }
+    assert!(tmp.path().join("precious.txt").exists());
+    // An empty existing directory is fine.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    init(&PkiDir::new(&empty), InitOptions::default()).unwrap();
 }
 
 #[test]

@@ -285,6 +285,10 @@ impl Connector {
             None => {
                 let mut tcp_err = None;
                 let mut quic_err = None;
+                // Once TCP has failed outright (e.g. refused), QUIC gets one more second: a
+                // gateway that is down should not cost the whole connect timeout.
+                let last_chance = tokio::time::sleep(Duration::from_secs(3600));
+                let mut last_chance = std::pin::pin!(last_chance);
                 loop {
                     tokio::select! {
                         r = &mut quic, if quic_err.is_none() => match r {
@@ -294,8 +298,19 @@ impl Connector {
                         r = &mut tcp, if tcp_err.is_none() => match r {
                             Ok(c) => return Ok(c),
                             Err(e) if is_definitive(&e) => return Err(e),
-                            Err(e) => tcp_err = Some(e),
+                            Err(e) => {
+                                tcp_err = Some(e);
+                                last_chance
+                                    .as_mut()
+                                    .reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                            }
                         },
+                        _ = &mut last_chance, if quic_err.is_none() && tcp_err.is_some() => {
+                            quic_err = Some(TransportError::Unreachable {
+                                addr: addr.to_string(),
+                                detail: "no answer over QUIC (UDP)".into(),
+                            });
+                        }
                     }
                     if let (Some(_), Some(_)) = (&quic_err, &tcp_err) {
                         return Err(combine(
@@ -354,10 +369,14 @@ fn combine(quic: TransportError, tcp: TransportError) -> TransportError {
     if is_definitive(&tcp) {
         return tcp;
     }
+    let quic = match quic {
+        TransportError::Unreachable { detail, .. } => detail,
+        other => format!("QUIC: {other}"),
+    };
     match tcp {
         TransportError::Unreachable { addr, detail } => TransportError::Unreachable {
             addr,
-            detail: format!("QUIC: {quic}; TCP: {detail}"),
+            detail: format!("{quic}; {detail}"),
         },
         other => other,
     }
