@@ -114,10 +114,11 @@ impl FromStr for Duration {
 }
 
 /// Canonical form: largest units first, zero terms left out (`36h` prints as `1d12h`).
+/// Weeks are never printed (`90d`, not `12w6d`; `2w` prints as `14d`).
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut rest = self.0;
-        for (unit, secs) in UNITS {
+        for (unit, secs) in UNITS.into_iter().filter(|(u, _)| *u != 'w') {
             let n = rest / secs;
             if n > 0 {
                 write!(f, "{n}{unit}")?;
@@ -143,9 +144,12 @@ mod tests {
         assert_eq!(Duration::parse("1d12h").unwrap().as_secs(), 36 * 3_600);
         assert_eq!(
             Duration::parse("1y2w3d4h5m6s").unwrap().to_string(),
-            "1y2w3d4h5m6s"
+            "1y17d4h5m6s"
         );
         assert_eq!(Duration::parse("36h").unwrap().to_string(), "1d12h");
+        assert_eq!(Duration::days(90).to_string(), "90d");
+        assert_eq!(Duration::parse("2w").unwrap().to_string(), "14d");
+        assert_eq!(Duration::days(3650).to_string(), "10y");
         assert_eq!(Duration::parse("0d1h").unwrap().to_string(), "1h");
     }
 

@@ -131,9 +131,7 @@ impl<'de> serde::Deserialize<'de> for San {
 
 /// This machine's host name, if it is usable as a DNS SAN.
 pub fn host_name() -> Option<San> {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())?;
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let name = raw.trim();
     if name.is_empty() || name == "(none)" {
         return None;

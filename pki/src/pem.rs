@@ -46,7 +46,10 @@ pub(crate) fn blocks_with_tag(
 /// checked to parse as X.509.
 pub fn certificates(input: &[u8], what: &str) -> Result<Vec<Vec<u8>>, PkiError> {
     use x509_parser::prelude::FromDer;
-    let ders = if input.first() == Some(&0x30) {
+    // PEM when it has a BEGIN line (text may start with anything, even '0' = 0x30),
+    // else one DER certificate.
+    let is_pem = input.windows(11).any(|w| w == b"-----BEGIN ");
+    let ders = if !is_pem && input.first() == Some(&0x30) {
         vec![input.to_vec()]
     } else {
         blocks_with_tag(input, "CERTIFICATE", what)?

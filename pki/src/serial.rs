@@ -85,14 +85,6 @@ impl Serial {
         let bytes = hex::decode(&padded).map_err(|_| bad("it is not hex"))?;
         Serial::from_be_bytes(&bytes).ok_or_else(|| bad("longer than 20 octets"))
     }
-
-    /// Whether `text` looks like a serial rather than a user name: only hex digits, `:` or a
-    /// `0x` prefix, and at least 8 digits (so short names such as `bob` or `cafe` are names).
-    pub fn looks_like_serial(text: &str) -> bool {
-        let body = text.strip_prefix("0x").unwrap_or(text);
-        let digits = body.chars().filter(|c| *c != ':').count();
-        digits >= 8 && body.chars().all(|c| c.is_ascii_hexdigit() || c == ':')
-    }
 }
 
 impl fmt::Display for Serial {
@@ -174,14 +166,6 @@ mod tests {
             assert_eq!(s.as_bytes().len(), 16);
             assert!(s.as_bytes()[0] & 0x80 == 0 && s.as_bytes()[0] != 0);
         }
-    }
-
-    #[test]
-    fn serial_or_name() {
-        assert!(Serial::looks_like_serial("3f2a9c0b11"));
-        assert!(Serial::looks_like_serial("3F:2A:9C:0B"));
-        assert!(!Serial::looks_like_serial("cafe"));
-        assert!(!Serial::looks_like_serial("alice"));
     }
 
     proptest! {

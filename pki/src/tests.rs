@@ -738,6 +738,10 @@ fn inspect_handles_garbage() {
         let err = inspect_bytes(input, "x.pem", None).unwrap_err().to_string();
         assert!(err.contains("x.pem"), "{err}");
     }
+    // PEM with leading text that starts with '0' (0x30, the DER SEQUENCE tag) is still PEM.
+    let t = TestPki::new();
+    let text = format!("0 comment\n{}", read(t.dir.ca_cert_path()));
+    assert!(inspect_bytes(text.as_bytes(), "c", None).unwrap().is_ca);
     let tmp = tempfile::tempdir().unwrap();
     let err = inspect_path(tmp.path(), None).unwrap_err().to_string();
     assert!(err.contains("no tls.crt"), "{err}");
