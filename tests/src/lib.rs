@@ -20,8 +20,10 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+pub mod cli;
 pub mod gateway;
 pub mod testpki;
 
+pub use cli::{CliUser, Run};
 pub use gateway::Gateway;
 pub use testpki::{ClientCreds, TestPki};

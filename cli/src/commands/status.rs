@@ -62,6 +62,9 @@ pub async fn run(args: StatusArgs, global: &GlobalArgs) -> Result<ExitCode, CliE
         }
         return Ok(ExitCode::SUCCESS);
     };
+    // Missing or unreadable local credentials are the user's to fix, not a gateway state:
+    // report them as an error with the command that fixes them.
+    crate::client::client_config(&gw, global.transport)?;
     let report = probe(&gw, global).await;
     let ok = report.status == "connected"
         && matches!(report.authentication.status, "authenticated" | "not_required");

@@ -1,0 +1,130 @@
+//! `CliUser`: one isolated user of the real `openshell` binary (own HOME, XDG config and
+//! state directories, and an empty system layer), and `Run`, a finished command to assert on.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// A finished command: exit code and captured output.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts exit 0.
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Asserts exit 1 (a failed command, as opposed to a usage error).
+    pub fn fails(self) -> Run {
+        assert_eq!(
+            self.code, 1,
+            "expected exit 1\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Stdout parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+
+    /// Stdout parsed as YAML.
+    pub fn yaml(&self) -> serde_yaml::Value {
+        serde_yaml::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not YAML ({e}):\n{}", self.stdout))
+    }
+}
+
+/// One isolated user: HOME, XDG_CONFIG_HOME, XDG_STATE_HOME and a system layer, all under
+/// one temp dir.
+pub struct CliUser {
+    tmp: tempfile::TempDir,
+}
+
+impl Default for CliUser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CliUser {
+    pub fn new() -> CliUser {
+        let tmp = tempfile::tempdir().unwrap();
+        for d in ["home", "xdg", "state", "system"] {
+            std::fs::create_dir_all(tmp.path().join(d)).unwrap();
+        }
+        CliUser { tmp }
+    }
+
+    /// A path inside this user's temp dir.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    /// `$XDG_CONFIG_HOME/openshell`.
+    pub fn user_root(&self) -> PathBuf {
+        self.path("xdg/openshell")
+    }
+
+    /// `$XDG_CONFIG_HOME/openshell/gateways/<name>`.
+    pub fn gw_dir(&self, name: &str) -> PathBuf {
+        self.user_root().join("gateways").join(name)
+    }
+
+    /// `$XDG_STATE_HOME/openshell/gateway/pki`: the default PKI directory.
+    pub fn default_pki_dir(&self) -> PathBuf {
+        self.path("state/openshell/gateway/pki")
+    }
+
+    /// The `openshell` command with this user's environment and nothing inherited that
+    /// could change its behaviour.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(crate::bin("openshell"));
+        for var in [
+            "OPENSHELL_GATEWAY",
+            "OPENSHELL_GATEWAY_ENDPOINT",
+            "OPENSHELL_LOGIN_TIMEOUT_SECS",
+            "OPENSHELL_TRANSPORT",
+            "RUST_LOG",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("HOME", self.path("home"))
+            .env("XDG_CONFIG_HOME", self.path("xdg"))
+            .env("XDG_STATE_HOME", self.path("state"))
+            .env("OPENSHELL_SYSTEM_GATEWAY_DIR", self.path("system"))
+            .env("OPENSHELL_NO_BROWSER", "1")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+        let mut cmd = self.command();
+        cmd.args(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("cannot run openshell");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_with(args, &[])
+    }
+}
