@@ -120,12 +120,18 @@ impl std::fmt::Debug for Ca {
     }
 }
 
+/// A CA trusted right now: its record, certificate DER, and key when it is not the current
+/// CA (the current CA's key is `Ca::key`).
+type TrustedCa = (CaRecord, Vec<u8>, Option<KeyPair>);
+
 /// A change to the PKI in progress. Only [`Ca::change`] makes one (after taking the lock and
 /// reloading the on-disk state) and only [`Ca::commit`] writes one (derived files and
 /// `index.json` last), so no code path can skip the lock, build on stale state, or leave
 /// `crl.pem` out of date with the index. Dropping it writes nothing and releases the lock.
 struct Change {
     files: FileSet,
+    /// Set when revocations or the set of CAs changed: `crl.pem` must be re-signed.
+    revocations_changed: bool,
     _lock: DirLock,
 }
 
@@ -189,7 +195,7 @@ pub fn init(dir: &PkiDir, opts: InitOptions) -> Result<Ca, PkiError> {
     files
         .public(staged.server_cert_path(), server.cert_pem.clone())
         .secret(staged.server_key_path(), server.key_pem.clone());
-    ca.derived_files(&mut files, now)?;
+    ca.derived_files(&mut files, now, true)?;
     files.commit()?;
     failpoint("init-before-rename")?;
     fs::replace_dir(&staging.keep(), dir.path())?;
@@ -345,6 +351,7 @@ impl Ca {
         *self = Ca::load(&self.dir)?;
         Ok(Change {
             files: FileSet::new(),
+            revocations_changed: false,
             _lock: lock,
         })
     }
@@ -354,7 +361,7 @@ impl Ca {
     /// reloaded from disk, dropping the in-memory edits.
     fn commit(&mut self, mut change: Change, now: OffsetDateTime) -> Result<(), PkiError> {
         let result = self
-            .derived_files(&mut change.files, now)
+            .derived_files(&mut change.files, now, change.revocations_changed)
             .and_then(|()| failpoint("before-commit"))
             .and_then(|()| Ok(change.files.commit()?));
         if result.is_err()
@@ -497,27 +504,70 @@ impl Ca {
 
     /// Adds `crl.pem` and `ca-bundle.pem` (derived from `self.index`) and then `index.json`
     /// to `files`. Bumps the CRL number.
-    fn derived_files(&mut self, files: &mut FileSet, now: OffsetDateTime) -> Result<(), PkiError> {
+    /// Adds `crl.pem` and `ca-bundle.pem` (derived from `self.index`) and then `index.json`
+    /// to `files`. The derived files are rewritten only when `revocations_changed` or the set
+    /// of trusted CAs differs from `ca-bundle.pem` (an overlap ended): the gateway reloads its
+    /// TLS configuration when they change, and minting a sandbox credential must not cause
+    /// that.
+    fn derived_files(
+        &mut self,
+        files: &mut FileSet,
+        now: OffsetDateTime,
+        revocations_changed: bool,
+    ) -> Result<(), PkiError> {
+        let bundle = self.trust_bundle(now)?;
+        let on_disk = std::fs::read(self.dir.ca_bundle_path()).ok();
+        if revocations_changed || on_disk.as_deref() != Some(bundle.as_bytes()) {
+            let crls = self.crls(now)?;
+            files
+                .public(self.dir.crl_path(), crls)
+                .public(self.dir.ca_bundle_path(), bundle);
+        }
+        files.public(self.dir.index_path(), self.index.to_json());
+        Ok(())
+    }
+
+    /// The certificate and (for retired CAs) key of every CA trusted at `now`.
+    fn trusted_cas(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Vec<TrustedCa>, PkiError> {
+        let mut out = Vec::new();
+        for ca in self.index.cas.iter().filter(|c| c.is_trusted_at(now)) {
+            if ca.is_current() {
+                out.push((ca.clone(), self.cert_der.clone(), None));
+                continue;
+            }
+            let cert_path = self.dir.path().join(&ca.cert_file);
+            let der = pem::certificates(
+                &fs::read_public(&cert_path)?,
+                &cert_path.display().to_string(),
+            )?
+            .remove(0);
+            let key_path = self.dir.path().join(&ca.key_file);
+            let key = keys::parse_key(
+                &String::from_utf8_lossy(&fs::read_secret(&key_path)?),
+                &key_path.display().to_string(),
+            )?;
+            out.push((ca.clone(), der, Some(key)));
+        }
+        Ok(out)
+    }
+
+    /// PEM of every CA trusted at `now` (the contents of `ca-bundle.pem`).
+    fn trust_bundle(&self, now: OffsetDateTime) -> Result<String, PkiError> {
+        Ok(self
+            .trusted_cas(now)?
+            .iter()
+            .map(|(_, der, _)| pem::encode("CERTIFICATE", der))
+            .collect())
+    }
+
+    /// One freshly signed CRL per trusted CA (the contents of `crl.pem`); bumps the CRL number.
+    fn crls(&mut self, now: OffsetDateTime) -> Result<String, PkiError> {
         self.index.crl_number += 1;
         let mut crls = String::new();
-        let mut bundle = String::new();
-        for ca in self.index.cas.iter().filter(|c| c.is_trusted_at(now)) {
-            let (cert_der, key) = if ca.is_current() {
-                (self.cert_der.clone(), None)
-            } else {
-                let cert_path = self.dir.path().join(&ca.cert_file);
-                let der = pem::certificates(
-                    &fs::read_public(&cert_path)?,
-                    &cert_path.display().to_string(),
-                )?
-                .remove(0);
-                let key_path = self.dir.path().join(&ca.key_file);
-                let key = keys::parse_key(
-                    &String::from_utf8_lossy(&fs::read_secret(&key_path)?),
-                    &key_path.display().to_string(),
-                )?;
-                (der, Some(key))
-            };
+        for (ca, cert_der, key) in self.trusted_cas(now)? {
             let key_ref = key.as_ref().unwrap_or(&self.key);
             let issuer = Issuer::from_ca_cert_der(&cert_der.clone().into(), key_ref)
                 .map_err(PkiError::crypto("read a CA certificate"))?;
@@ -550,13 +600,8 @@ impl Ca {
                 .signed_by(&issuer)
                 .map_err(PkiError::crypto("sign the CRL"))?;
             crls.push_str(&pem::encode("X509 CRL", crl.der()));
-            bundle.push_str(&pem::encode("CERTIFICATE", &cert_der));
         }
-        files
-            .public(self.dir.crl_path(), crls)
-            .public(self.dir.ca_bundle_path(), bundle)
-            .public(self.dir.index_path(), self.index.to_json());
-        Ok(())
+        Ok(crls)
     }
 
     /// Issues a user certificate: CN = `user`, one OU per role, clientAuth. Recorded in the
@@ -637,7 +682,8 @@ impl Ca {
         serial_or_user: &str,
         reason: Option<&str>,
     ) -> Result<Vec<IndexEntry>, PkiError> {
-        let change = self.change()?;
+        let mut change = self.change()?;
+        change.revocations_changed = true;
         let now = OffsetDateTime::now_utc();
         let query = serial_or_user.trim();
         let by_serial = Serial::parse(query)
@@ -709,7 +755,8 @@ impl Ca {
     /// certificate is re-issued by the new CA and carries a cross certificate (new CA signed by
     /// the old) during the overlap, so clients that only have the old `ca.crt` still verify it.
     pub fn rotate_ca(&mut self, overlap: Duration) -> Result<RotatedCa, PkiError> {
-        let change = self.change()?;
+        let mut change = self.change()?;
+        change.revocations_changed = true;
         let now = OffsetDateTime::now_utc();
         let old = self.index.current_ca().clone();
         let old_trusted_until = (now + overlap.to_time()).min(old.not_after);

@@ -699,6 +699,8 @@ fn bundles_round_trip_in_any_order_and_install_atomically() {
 #[test]
 fn concurrent_changes_are_all_recorded() {
     let t = TestPki::new();
+    let crl_before = read(t.dir.crl_path());
+    let bundle_before = read(t.dir.ca_bundle_path());
     let handles: Vec<_> = (0..4)
         .map(|i| {
             let dir = t.dir.clone();
@@ -714,6 +716,9 @@ fn concurrent_changes_are_all_recorded() {
     for h in handles {
         h.join().unwrap();
     }
+    // Minting did not touch the files the gateway reloads on.
+    assert_eq!(read(t.dir.crl_path()), crl_before);
+    assert_eq!(read(t.dir.ca_bundle_path()), bundle_before);
     let index = t.dir.index().unwrap();
     assert_eq!(
         index
@@ -820,4 +825,29 @@ mod untrusted_input {
         assert!(ClientBundle::from_pem(bundle.as_bytes(), "b").is_ok());
         assert_eq!(inspect_bytes(der, "d", None).unwrap().roles, ["a", "b"]);
     }
+}
+
+#[test]
+fn the_next_change_after_an_overlap_drops_the_old_ca_from_the_files() {
+    let mut t = TestPki::new();
+    let old = t.ca.issue_client("old", &[], Duration::days(1)).unwrap();
+    t.ca.rotate_ca(Duration::from_secs(1).unwrap()).unwrap();
+    assert_eq!(count_pem(&read(t.dir.ca_bundle_path())), 2);
+    assert_eq!(client_ok(&t.client_verifier(), &old.cert_pem), Ok(()));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // The computed bundle already excludes it; the file follows at the next change.
+    assert_eq!(
+        count_pem(&String::from_utf8(t.dir.client_ca_bundle().unwrap()).unwrap()),
+        1
+    );
+    t.ca.mint_sandbox_credential("after", Duration::days(1))
+        .unwrap();
+    assert_eq!(count_pem(&read(t.dir.ca_bundle_path())), 1);
+    assert_eq!(t.dir.crl_ders().unwrap().len(), 1);
+    assert!(client_ok(&t.client_verifier(), &old.cert_pem).is_err());
+    assert_eq!(t.dir.next_trust_change().unwrap(), Some(t.ca.not_after()));
+}
+
+fn count_pem(text: &str) -> usize {
+    text.matches("-----BEGIN ").count()
 }
