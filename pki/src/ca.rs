@@ -528,10 +528,7 @@ impl Ca {
     }
 
     /// The certificate and (for retired CAs) key of every CA trusted at `now`.
-    fn trusted_cas(
-        &self,
-        now: OffsetDateTime,
-    ) -> Result<Vec<TrustedCa>, PkiError> {
+    fn trusted_cas(&self, now: OffsetDateTime) -> Result<Vec<TrustedCa>, PkiError> {
         let mut out = Vec::new();
         for ca in self.index.cas.iter().filter(|c| c.is_trusted_at(now)) {
             if ca.is_current() {
@@ -802,6 +799,10 @@ impl Ca {
             }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&retired);
+                // `self` may already be the new CA in memory: go back to what is on disk.
+                if let Ok(fresh) = Ca::load(&self.dir) {
+                    *self = fresh;
+                }
                 Err(e)
             }
         }

@@ -451,6 +451,8 @@ fn failed_rotation_changes_nothing() {
             .join(t.ca.serial().to_string())
             .exists()
     );
+    // In memory too, the old CA is still the current one.
+    assert_eq!(t.ca.cert_pem(), before[0]);
     // The CA still works.
     t.ca.issue_client("x", &[], Duration::days(1)).unwrap();
 }
