@@ -90,6 +90,16 @@ pub(crate) fn inspect_bytes_at(
     Ok(info)
 }
 
+/// Inspects PEM text (anything containing a `-----BEGIN` line) or else a path (see
+/// [`inspect_path`]).
+pub fn inspect(pem_or_path: &str, pki: Option<&PkiDir>) -> Result<CertInfo, PkiError> {
+    if pem_or_path.contains("-----BEGIN ") {
+        inspect_bytes(pem_or_path.as_bytes(), "the PEM text", pki)
+    } else {
+        inspect_path(Path::new(pem_or_path), pki)
+    }
+}
+
 /// Inspects a file, or a directory holding `tls.crt` (also `server/tls.crt`) or `ca.crt`.
 /// For a directory with `tls.key` next to the certificate, also checks the key matches.
 pub fn inspect_path(path: &Path, pki: Option<&PkiDir>) -> Result<CertInfo, PkiError> {

@@ -43,7 +43,7 @@ pub use index::{
     CaRecord, CertKind, CertStatus, EXPIRING_SOON_DAYS, EXPIRING_SOON_PERCENT, Index, IndexEntry,
     format_time,
 };
-pub use inspect::{CertInfo, inspect_bytes, inspect_path};
+pub use inspect::{CertInfo, inspect, inspect_bytes, inspect_path};
 pub use keys::KeyType;
 pub use names::{DEFAULT_SERVER_SANS, SANDBOX_CN_PREFIX, SANDBOX_OU, San, host_name, server_sans};
 pub use pem::certificates as parse_certificates;

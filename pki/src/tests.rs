@@ -749,6 +749,10 @@ fn inspect_handles_garbage() {
     let t = TestPki::new();
     let text = format!("0 comment\n{}", read(t.dir.ca_cert_path()));
     assert!(inspect_bytes(text.as_bytes(), "c", None).unwrap().is_ca);
+    let by_text = inspect(&read(t.dir.ca_cert_path()), Some(&t.dir)).unwrap();
+    let by_path = inspect(t.dir.ca_cert_path().to_str().unwrap(), Some(&t.dir)).unwrap();
+    assert_eq!(by_text.serial, by_path.serial);
+    assert!(by_text.chains_to_ca);
     let tmp = tempfile::tempdir().unwrap();
     let err = inspect_path(tmp.path(), None).unwrap_err().to_string();
     assert!(err.contains("no tls.crt"), "{err}");
