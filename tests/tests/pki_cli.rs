@@ -3,49 +3,44 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use openshell_pki::PkiDir;
+use openshell_tests::cli::{CliUser, Run};
 
-/// One isolated user: a temp HOME with config and state directories.
+/// One isolated user (the shared `CliUser` harness), running commands from its temp dir so
+/// relative paths such as `--bundle alice.pem` land there.
 struct User {
-    tmp: tempfile::TempDir,
+    cli: CliUser,
     /// Leave XDG_STATE_HOME unset (to test the HOME fallback).
     no_xdg_state: bool,
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
 }
 
 impl User {
     fn new() -> User {
         User {
-            tmp: tempfile::tempdir().unwrap(),
+            cli: CliUser::new(),
             no_xdg_state: false,
         }
     }
 
-    fn root(&self) -> &Path {
-        self.tmp.path()
+    fn root(&self) -> PathBuf {
+        self.cli.path("")
     }
 
     fn home(&self) -> PathBuf {
-        self.root().join("home")
+        self.cli.path("home")
     }
 
     fn config(&self) -> PathBuf {
-        self.root().join("config")
+        self.cli.path("xdg")
     }
 
     fn state(&self) -> PathBuf {
-        self.root().join("state")
+        self.cli.path("state/openshell")
     }
 
     fn pki(&self) -> PathBuf {
-        self.state().join("openshell/gateway/pki")
+        self.cli.default_pki_dir()
     }
 
     fn pki_dir(&self) -> PkiDir {
@@ -53,26 +48,16 @@ impl User {
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        let mut cmd = Command::new(openshell_tests::bin("openshell"));
-        cmd.args(args)
-            .current_dir(self.root())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.home())
-            .env("XDG_CONFIG_HOME", self.config())
-            .env("NO_COLOR", "1");
-        if !self.no_xdg_state {
-            cmd.env("XDG_STATE_HOME", self.state());
+        let mut cmd = self.cli.command();
+        cmd.args(args).current_dir(self.root());
+        if self.no_xdg_state {
+            cmd.env_remove("XDG_STATE_HOME");
         }
-        let Output {
-            status,
-            stdout,
-            stderr,
-        } = cmd.output().expect("cannot run openshell");
+        let out = cmd.output().expect("cannot run openshell");
         let run = Run {
-            code: status.code().unwrap_or(-1),
-            stdout: String::from_utf8(stdout).unwrap(),
-            stderr: String::from_utf8(stderr).unwrap(),
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
         };
         // Never print a private key, whatever the command.
         assert!(
