@@ -126,16 +126,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// `$XDG_STATE_HOME/openshell/gateway`, else `~/.local/state/openshell/gateway`.
-fn default_state_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("/var/lib"));
-    base.join("openshell/gateway")
-}
-
 /// Parses `500ms`, `5s`, `2m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -160,11 +150,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub struct TlsPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
-    pub client_ca: PathBuf,
-    /// Optional: absent means nothing is revoked yet.
-    pub crl: PathBuf,
-    /// Extra trusted client CAs during a CA rotation (optional file).
-    pub ca_bundle: Option<PathBuf>,
+    /// The PKI directory (`openshell pki init`): trusted client CAs come from its index
+    /// (every CA trusted right now, so a CA rotation's overlap ends on time), and its
+    /// `crl.pem` lists revocations.
+    pub pki_dir: PathBuf,
+    /// A CA bundle file that replaces the PKI's trusted CAs (`--tls-client-ca`).
+    pub client_ca_override: Option<PathBuf>,
+}
+
+impl TlsPaths {
+    pub fn crl(&self) -> PathBuf {
+        self.pki_dir.join("crl.pem")
+    }
+
+    /// Every file whose change means "reload".
+    pub fn watched(&self) -> Vec<PathBuf> {
+        let mut files = vec![
+            self.cert.clone(),
+            self.key.clone(),
+            self.crl(),
+            self.pki_dir.join("ca.crt"),
+            self.pki_dir.join("ca-bundle.pem"),
+            self.pki_dir.join("index.json"),
+        ];
+        files.extend(self.client_ca_override.clone());
+        files
+    }
 }
 
 /// Validated gateway configuration.
@@ -184,7 +195,9 @@ pub struct GatewayConfig {
 
 impl Args {
     pub fn into_config(self) -> Result<GatewayConfig, GatewayError> {
-        let state_dir = self.state_dir.unwrap_or_else(default_state_dir);
+        let state_dir = self
+            .state_dir
+            .unwrap_or_else(openshell_pki::default_gateway_state_dir);
         let tls = if self.disable_tls {
             if !self.listen.ip().is_loopback() {
                 return Err(GatewayError::Config(format!(
@@ -200,13 +213,11 @@ impl Args {
             None
         } else {
             let pki = self.pki_dir.unwrap_or_else(|| state_dir.join("pki"));
-            let bundle = pki.join("ca-bundle.pem");
             Some(TlsPaths {
                 cert: self.tls_cert.unwrap_or_else(|| pki.join("server/tls.crt")),
                 key: self.tls_key.unwrap_or_else(|| pki.join("server/tls.key")),
-                client_ca: self.tls_client_ca.unwrap_or_else(|| pki.join("ca.crt")),
-                crl: pki.join("crl.pem"),
-                ca_bundle: Some(bundle),
+                pki_dir: pki,
+                client_ca_override: self.tls_client_ca,
             })
         };
         let listeners = Listeners {

@@ -64,11 +64,13 @@ pub async fn run(
         &config.state_dir,
     )?);
     let revocations = Arc::new(auth::Revocations::default());
+    let mut trust_change = None;
     let tls = match &config.tls {
         Some(paths) => {
-            let (material, revoked) = reload::load(paths)?;
-            revocations.replace(revoked);
-            Some(openshell_transport::tls::ServerTls::new(&material)?)
+            let loaded = reload::load(paths)?;
+            revocations.replace(loaded.revoked);
+            trust_change = loaded.next_trust_change;
+            Some(openshell_transport::tls::ServerTls::new(&loaded.material)?)
         }
         None => {
             tracing::warn!(
@@ -139,6 +141,7 @@ pub async fn run(
             revocations,
             server.registry(),
             config.reload_interval,
+            trust_change,
         ));
     }
     tracing::info!(addr = %addr, transports = %listening.join(","), "listening on {addr}");

@@ -17,18 +17,31 @@ use crate::GatewayError;
 use crate::auth::Revocations;
 use crate::config::TlsPaths;
 
+/// What `load` produced: the material, revoked serials, and when the set of trusted CAs
+/// next changes by itself (end of a CA rotation's overlap).
+pub struct Loaded {
+    pub material: ServerMaterial,
+    pub revoked: HashSet<String>,
+    pub next_trust_change: Option<SystemTime>,
+}
+
 /// Loads the server's TLS material and the revoked serials.
-pub fn load(paths: &TlsPaths) -> Result<(ServerMaterial, HashSet<String>), GatewayError> {
+pub fn load(paths: &TlsPaths) -> Result<Loaded, GatewayError> {
     let missing = |what: &str, p: &Path| {
         GatewayError::Tls(format!(
             "{what} {} does not exist: create the PKI with `openshell pki init` (or point --pki-dir / OPENSHELL_TLS_* at your files, or run with --disable-tls on loopback)",
             p.display()
         ))
     };
+    let pki = openshell_pki::PkiDir::new(&paths.pki_dir);
+    let ca_file = paths
+        .client_ca_override
+        .clone()
+        .unwrap_or_else(|| pki.ca_cert_path());
     for (what, p) in [
         ("server certificate", &paths.cert),
         ("server key", &paths.key),
-        ("client CA", &paths.client_ca),
+        ("client CA", &ca_file),
     ] {
         if !p.exists() {
             return Err(missing(what, p));
@@ -36,15 +49,25 @@ pub fn load(paths: &TlsPaths) -> Result<(ServerMaterial, HashSet<String>), Gatew
     }
     let cert = openshell_pki::fs::read_public(&paths.cert)?;
     let key = openshell_pki::fs::read_secret(&paths.key)?;
-    let mut client_ca = openshell_pki::fs::read_public(&paths.client_ca)?;
-    if let Some(bundle) = &paths.ca_bundle
-        && bundle.exists()
-    {
-        client_ca.push(b'\n');
-        client_ca.extend(openshell_pki::fs::read_public(bundle)?);
-    }
-    let crl = if paths.crl.exists() {
-        openshell_pki::fs::read_public(&paths.crl)?
+    // With a PKI index, trust exactly the CAs trusted now (both during a rotation's
+    // overlap); without one (hand-made files), the CA file alone.
+    let (client_ca, next_trust_change) =
+        match (&paths.client_ca_override, pki.index_path().exists()) {
+            (None, true) => {
+                let bundle = pki
+                    .client_ca_bundle()
+                    .map_err(|e| GatewayError::Tls(e.to_string()))?;
+                let next = pki
+                    .next_trust_change()
+                    .map_err(|e| GatewayError::Tls(e.to_string()))?
+                    .map(SystemTime::from);
+                (bundle, next)
+            }
+            _ => (openshell_pki::fs::read_public(&ca_file)?, None),
+        };
+    let crl_path = paths.crl();
+    let crl = if crl_path.exists() {
+        openshell_pki::fs::read_public(&crl_path)?
     } else {
         Vec::new()
     };
@@ -54,22 +77,23 @@ pub fn load(paths: &TlsPaths) -> Result<(ServerMaterial, HashSet<String>), Gatew
             "{e} (files: {}, {}, {}, {})",
             name(&paths.cert),
             name(&paths.key),
-            name(&paths.client_ca),
-            name(&paths.crl)
+            name(&ca_file),
+            name(&crl_path)
         ))
     })?;
     let revoked = openshell_transport::tls::revoked_serials(&material.crls)
-        .map_err(|e| GatewayError::Tls(format!("{}: {e}", name(&paths.crl))))?;
-    Ok((material, revoked))
+        .map_err(|e| GatewayError::Tls(format!("{}: {e}", name(&crl_path))))?;
+    Ok(Loaded {
+        material,
+        revoked,
+        next_trust_change,
+    })
 }
 
 fn fingerprint(paths: &TlsPaths) -> Vec<Option<(SystemTime, u64)>> {
-    let mut files = vec![&paths.cert, &paths.key, &paths.client_ca, &paths.crl];
-    if let Some(b) = &paths.ca_bundle {
-        files.push(b);
-    }
-    files
-        .into_iter()
+    paths
+        .watched()
+        .iter()
         .map(|p| {
             std::fs::metadata(p)
                 .ok()
@@ -98,19 +122,23 @@ pub async fn watch(
     revocations: Arc<Revocations>,
     registry: Arc<ConnectionRegistry>,
     interval: Duration,
+    next_trust_change: Option<SystemTime>,
 ) {
     let mut last = fingerprint(&paths);
+    let mut trust_change = next_trust_change;
     let mut tick = tokio::time::interval(interval);
     loop {
         tick.tick().await;
         let now = fingerprint(&paths);
-        if now != last {
+        let overlap_ended = trust_change.is_some_and(|t| SystemTime::now() >= t);
+        if now != last || overlap_ended {
             // Files may be mid-rotation (several renames); a failed load is retried on the
             // next tick and the previous material stays in force meanwhile.
             match load(&paths) {
-                Ok((material, revoked)) => match tls.reload(&material) {
+                Ok(loaded) => match tls.reload(&loaded.material) {
                     Ok(()) => {
-                        revocations.replace(revoked);
+                        revocations.replace(loaded.revoked);
+                        trust_change = loaded.next_trust_change;
                         last = now;
                         tracing::info!("TLS material reloaded");
                     }
