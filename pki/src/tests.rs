@@ -857,3 +857,13 @@ fn the_next_change_after_an_overlap_drops_the_old_ca_from_the_files() {
 fn count_pem(text: &str) -> usize {
     text.matches("-----BEGIN ").count()
 }
+
+#[test]
+fn types_the_gateway_shares_across_tasks_are_send_and_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<Ca>();
+    check::<PkiDir>();
+    check::<PkiError>();
+    check::<ClientBundle>();
+    check::<CertInfo>();
+}
