@@ -25,7 +25,13 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "URL")]
     pub gateway_endpoint: Option<String>,
     /// Which path to the gateway: auto (QUIC, TCP when UDP is blocked), quic or tcp.
-    #[arg(long, global = true, value_enum, default_value_t, env = "OPENSHELL_TRANSPORT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "OPENSHELL_TRANSPORT"
+    )]
     pub transport: TransportChoice,
     /// More logging on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -50,6 +56,9 @@ pub enum Command {
     Status(commands::status::StatusArgs),
     /// Certificate authority: issue, list, inspect, revoke and rotate certificates.
     Pki(commands::pki::PkiArgs),
+    /// Diagnose configuration, credentials and connectivity.
+    #[command(visible_alias = "dr")]
+    Doctor(commands::doctor::DoctorArgs),
     /// Print a shell completion script to stdout.
     Completions(commands::completions::CompletionsArgs),
 }

@@ -78,8 +78,7 @@ pub fn client_config(
                     "Place the proxy's CA certificate there (public CAs are not bundled)",
                 )
             })?;
-            let mut cfg =
-                ClientConfig::new(endpoint, Some(ClientMaterial::from_pem(&ca, None)?));
+            let mut cfg = ClientConfig::new(endpoint, Some(ClientMaterial::from_pem(&ca, None)?));
             cfg.bearer = Some(String::from_utf8_lossy(&token).trim().to_string());
             // An authenticating reverse proxy speaks HTTP/2 over TCP only.
             cfg.hint = PathHint::TcpOnly;

@@ -139,8 +139,14 @@ mod tests {
     fn table_aligns_columns() {
         let t = table(
             &["NAME", "ENDPOINT"],
-            &[vec!["a".into(), "https://x".into()], vec!["long-name".into(), "y".into()]],
+            &[
+                vec!["a".into(), "https://x".into()],
+                vec!["long-name".into(), "y".into()],
+            ],
         );
-        assert_eq!(t, "NAME       ENDPOINT\na          https://x\nlong-name  y\n");
+        assert_eq!(
+            t,
+            "NAME       ENDPOINT\na          https://x\nlong-name  y\n"
+        );
     }
 }

@@ -9,8 +9,16 @@ fn live() -> (CliUser, Gateway) {
     let u = CliUser::new();
     u.run(&["pki", "init"]).ok();
     let gw = Gateway::builder().pki(&u.default_pki_dir()).spawn();
-    u.run(&["pki", "issue", "alice", "--role", "admin", "--gateway", "local"])
-        .ok();
+    u.run(&[
+        "pki",
+        "issue",
+        "alice",
+        "--role",
+        "admin",
+        "--gateway",
+        "local",
+    ])
+    .ok();
     u.run(&["gateway", "add", &gw.endpoint(), "--name", "local"])
         .ok();
     (u, gw)
@@ -27,10 +35,18 @@ fn connected_and_authenticated_over_quic_and_tcp() {
         "Version: ",
         "Transport: QUIC",
     ] {
-        assert!(r.stdout.contains(line), "missing '{line}' in:\n{}", r.stdout);
+        assert!(
+            r.stdout.contains(line),
+            "missing '{line}' in:\n{}",
+            r.stdout
+        );
     }
     let r = u.run(&["--transport", "tcp", "status"]).ok();
-    assert!(r.stdout.contains("Transport: TCP (fallback)"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("Transport: TCP (fallback)"),
+        "{}",
+        r.stdout
+    );
     let j = u.run(&["status", "-o", "json"]).ok().json();
     assert_eq!(j["status"], "connected");
     assert_eq!(j["authentication"]["status"], "authenticated");
@@ -55,14 +71,18 @@ fn stopped_gateway_is_disconnected_and_fails() {
         "status took {:?} against a stopped gateway",
         started.elapsed()
     );
-    assert_eq!(u.run(&["status", "-o", "json"]).fails().json()["status"], "disconnected");
+    assert_eq!(
+        u.run(&["status", "-o", "json"]).fails().json()["status"],
+        "disconnected"
+    );
 }
 
 #[test]
 fn revoked_certificate_is_connected_but_failed_with_the_fix() {
     let (u, gw) = live();
     u.run(&["status"]).ok();
-    u.run(&["pki", "revoke", "alice", "--reason", "laptop lost"]).ok();
+    u.run(&["pki", "revoke", "alice", "--reason", "laptop lost"])
+        .ok();
     openshell_tests::assert_eventually!(
         std::time::Duration::from_secs(5),
         gw.logs().contains("TLS material reloaded"),
@@ -71,7 +91,11 @@ fn revoked_certificate_is_connected_but_failed_with_the_fix() {
     );
     for transport in ["quic", "tcp"] {
         let r = u.run(&["--transport", transport, "status"]).fails();
-        assert!(r.stdout.contains("Status: Connected"), "{transport}: {}", r.stdout);
+        assert!(
+            r.stdout.contains("Status: Connected"),
+            "{transport}: {}",
+            r.stdout
+        );
         assert!(
             r.stdout.contains("Authentication: Failed (") && r.stdout.contains("revoked"),
             "{transport}: {}",
@@ -91,7 +115,10 @@ fn no_gateway_configured_is_not_an_error() {
     let r = u.run(&["status"]).ok();
     assert!(r.stdout.contains("No gateway configured."), "{}", r.stdout);
     assert!(r.stdout.contains("openshell gateway add <endpoint>"));
-    assert_eq!(u.run(&["status", "-o", "json"]).ok().json()["status"], "not_configured");
+    assert_eq!(
+        u.run(&["status", "-o", "json"]).ok().json()["status"],
+        "not_configured"
+    );
 }
 
 #[test]
@@ -116,4 +143,78 @@ fn completions_for_every_shell() {
         assert!(r.stdout.len() > 1000, "{shell}: suspiciously short script");
     }
     assert_eq!(u.run(&["completions", "tcsh"]).code, 2);
+}
+
+#[test]
+fn gateway_info_reports_version_listeners_and_path() {
+    let (u, gw) = live();
+    let r = u.run(&["gateway", "info"]).ok();
+    for line in [
+        "Gateway Info",
+        "Gateway: local",
+        "Status: healthy",
+        &format!("quic://{}", gw.addr),
+        &format!("tcp://{}", gw.addr),
+        "Transport: QUIC",
+        "Caller: alice",
+        "Compute drivers: none in this gateway build",
+    ] {
+        assert!(
+            r.stdout.contains(line),
+            "missing '{line}' in:\n{}",
+            r.stdout
+        );
+    }
+    let j = u.run(&["gateway", "info", "-o", "json"]).ok().json();
+    assert_eq!(j["status"], "healthy");
+    assert_eq!(j["transport"]["kind"], "quic");
+    assert!(j["compute_drivers"].as_array().unwrap().is_empty());
+    let j = u
+        .run(&["--transport", "tcp", "gateway", "info", "-o", "yaml"])
+        .ok()
+        .yaml();
+    assert_eq!(j["transport"]["kind"].as_str(), Some("tcp"));
+    // No gateway at all.
+    let nobody = CliUser::new();
+    let r = nobody.run(&["gateway", "info"]).fails();
+    assert!(r.stderr.contains("No gateway configured."), "{}", r.stderr);
+}
+
+#[test]
+fn doctor_checks_each_path_and_says_what_to_do() {
+    let (u, gw) = live();
+    let r = u.run(&["doctor", "check"]).ok();
+    for line in [
+        "Gateway",
+        "Client key",
+        "Client certificate",
+        "QUIC (UDP)",
+        "TCP fallback",
+        "Authentication",
+        "Compute driver",
+        "All checks passed.",
+    ] {
+        assert!(
+            r.stdout.contains(line),
+            "missing '{line}' in:\n{}",
+            r.stdout
+        );
+    }
+    // A key others can read is a failure with its fix.
+    use std::os::unix::fs::PermissionsExt;
+    let key = u.gw_dir("local").join("mtls/tls.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = u.run(&["doctor", "check"]).fails();
+    assert!(r.stdout.contains("chmod 600"), "{}", r.stdout);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The gateway gone: both paths fail, each line says so.
+    drop(gw);
+    let r = u.run(&["doctor", "check"]).fails();
+    let quic = r.stdout.lines().find(|l| l.starts_with("QUIC")).unwrap();
+    let tcp = r.stdout.lines().find(|l| l.starts_with("TCP")).unwrap();
+    assert!(
+        quic.contains("fail") && quic.contains("UDP may be blocked"),
+        "{quic}"
+    );
+    assert!(tcp.contains("fail") && tcp.contains("unreachable"), "{tcp}");
 }

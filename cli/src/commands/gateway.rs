@@ -57,6 +57,12 @@ pub enum GatewayCommand {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// What the gateway reports about itself: version, health, compute drivers, listeners.
+    Info {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
     /// Print the gateway this command line resolves to, as JSON (for debugging).
     #[command(hide = true)]
     Resolve,
@@ -97,6 +103,7 @@ pub async fn run(args: GatewayArgs, global: &GlobalArgs) -> Result<ExitCode, Cli
         GatewayCommand::Logout { name } => logout(name, global, &layout, env),
         GatewayCommand::Select { name } => select(name, global, &layout, env),
         GatewayCommand::List { output } => list(output, global, &layout, env),
+        GatewayCommand::Info { output } => super::gateway_info::run(output, global).await,
         GatewayCommand::Resolve => resolve_cmd(global),
     }
 }

@@ -1,7 +1,9 @@
 //! One module per command group; `dispatch` routes a parsed command line to it.
 
 pub mod completions;
+pub mod doctor;
 pub mod gateway;
+pub mod gateway_info;
 pub mod pki;
 pub mod status;
 
@@ -16,6 +18,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Gateway(args) => gateway::run(args, &global).await,
         Command::Status(args) => status::run(args, &global).await,
         Command::Pki(args) => pki::run(args, &global).await,
+        Command::Doctor(args) => doctor::run(args, &global).await,
         Command::Completions(args) => completions::run(args),
     }
 }

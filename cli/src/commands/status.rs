@@ -58,7 +58,11 @@ pub async fn run(args: StatusArgs, global: &GlobalArgs) -> Result<ExitCode, CliE
                 "Gateway Status\n  Status: No gateway configured.\n  Register a gateway with: openshell gateway add <endpoint>\n",
             )?;
         } else {
-            emit(args.output, &serde_json::json!({"status": "not_configured"}), |_| String::new())?;
+            emit(
+                args.output,
+                &serde_json::json!({"status": "not_configured"}),
+                |_| String::new(),
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -67,12 +71,19 @@ pub async fn run(args: StatusArgs, global: &GlobalArgs) -> Result<ExitCode, CliE
     crate::client::client_config(&gw, global.transport)?;
     let report = probe(&gw, global).await;
     let ok = report.status == "connected"
-        && matches!(report.authentication.status, "authenticated" | "not_required");
+        && matches!(
+            report.authentication.status,
+            "authenticated" | "not_required"
+        );
     emit(args.output, &report, render)?;
     if let (false, Some(hint), OutputFormat::Table) = (ok, &report.hint, args.output) {
         eprintln!("{hint}");
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn auth_mode(gw: &ResolvedGateway) -> &'static str {
@@ -205,7 +216,11 @@ async fn probe(gw: &ResolvedGateway, global: &GlobalArgs) -> Report {
 }
 
 fn render(r: &Report) -> String {
-    let auth = match (r.authentication.status, &r.authentication.mode, &r.authentication.reason) {
+    let auth = match (
+        r.authentication.status,
+        &r.authentication.mode,
+        &r.authentication.reason,
+    ) {
         ("authenticated", Some(m), None) => format!("Authenticated ({m})"),
         ("authenticated", Some(m), Some(why)) => format!("Authenticated ({m}; {why})"),
         ("not_required", _, _) => "Not required".to_string(),

@@ -192,14 +192,9 @@ where
         let _ = send.finish().await;
     };
     let downstream = async move {
-        loop {
-            match std::future::poll_fn(|cx| recv.poll_data(cx)).await {
-                Ok(Some(data)) => {
-                    if wr.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) | Err(_) => break,
+        while let Ok(Some(data)) = std::future::poll_fn(|cx| recv.poll_data(cx)).await {
+            if wr.write_all(&data).await.is_err() {
+                break;
             }
         }
         let _ = wr.shutdown().await;
