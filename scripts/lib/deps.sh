@@ -14,8 +14,16 @@ need_packages() {
     fi
     echo "==> installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
+    # Packages such as nginx start a system service on install; the tests start their own
+    # instances, so forbid service starts while installing (policy-rc.d exit 101).
+    local policy=/usr/sbin/policy-rc.d created=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
+    fi
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ -n "$created" ] && rm -f "$policy"
+    return 0
 }
 
 need_rust() {

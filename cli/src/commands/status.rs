@@ -157,6 +157,11 @@ async fn probe(gw: &ResolvedGateway, global: &GlobalArgs) -> Report {
             report.status = "connected";
             report.version = Some(h.into_inner().version);
         }
+        // An authenticating proxy in front of the gateway answers 401 before any RPC.
+        Err(status) if status.code() == tonic::Code::Unauthenticated => {
+            failed_auth(&mut report, status.message().to_string());
+            return report;
+        }
         Err(status) => {
             match conn.rpc_error(status).await {
                 CliError::Transport(TransportError::Rejected(reason)) => {

@@ -7,6 +7,11 @@
 //! - Sandbox credentials (`CN=sandbox:<id>`) may call only the Supervisor service; user
 //!   certificates may not call it.
 //! - Without TLS (plaintext loopback), callers are the anonymous local user.
+//! - Edge mode: an authenticating reverse proxy connects with its own client certificate
+//!   carrying the role `edge-proxy`, and names the user it authenticated in the
+//!   `x-openshell-user` header (roles in `x-openshell-roles`, comma-separated). Only such a
+//!   certificate may assert a user; anyone else's headers are ignored. Revoking the proxy's
+//!   certificate cuts off every user behind it.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -37,6 +42,41 @@ impl Revocations {
     }
 }
 
+/// Role a reverse proxy's certificate carries to be trusted to name users.
+pub const EDGE_PROXY_ROLE: &str = "edge-proxy";
+/// Header in which an edge proxy names the user it authenticated.
+pub const EDGE_USER_HEADER: &str = "x-openshell-user";
+/// Header in which an edge proxy lists the user's roles.
+pub const EDGE_ROLES_HEADER: &str = "x-openshell-roles";
+
+/// The user an edge proxy vouches for, if the connection is an edge proxy's and it named one.
+fn edge_user(proxy: &Principal, headers: &http::HeaderMap) -> Option<Principal> {
+    if !proxy.roles.iter().any(|r| r == EDGE_PROXY_ROLE) {
+        return None;
+    }
+    let user = headers.get(EDGE_USER_HEADER)?.to_str().ok()?.trim();
+    if user.is_empty() || user.starts_with("sandbox:") {
+        return None;
+    }
+    let roles = headers
+        .get(EDGE_ROLES_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|r| !r.is_empty() && *r != EDGE_PROXY_ROLE)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Principal {
+        subject: user.to_string(),
+        roles,
+        auth: AuthKind::Edge,
+        ..proxy.clone()
+    })
+}
+
 /// The caller of an RPC, inserted as a request extension for handlers.
 #[derive(Debug, Clone)]
 pub struct Caller(pub Principal);
@@ -44,6 +84,7 @@ pub struct Caller(pub Principal);
 /// Decides whether the request may proceed; returns the caller or the refusal.
 pub fn authorize(
     path: &str,
+    headers: &http::HeaderMap,
     ctx: Option<&RequestContext>,
     tls: bool,
     revocations: &Revocations,
@@ -73,7 +114,7 @@ pub fn authorize(
                 p.subject
             )));
         }
-        p.clone()
+        edge_user(p, headers).unwrap_or_else(|| p.clone())
     } else {
         Principal {
             subject: "local".into(),
@@ -144,6 +185,7 @@ where
         let metrics = self.layer.metrics.clone();
         let decision = authorize(
             &path,
+            req.headers(),
             req.extensions().get::<RequestContext>(),
             self.layer.tls,
             &self.layer.revocations,
@@ -174,5 +216,43 @@ where
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(roles: &[&str]) -> Principal {
+        Principal {
+            subject: "proxy".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            serial: "abc".into(),
+            not_after: SystemTime::now() + std::time::Duration::from_secs(60),
+            auth: AuthKind::Mtls,
+        }
+    }
+
+    fn headers(user: &str, roles: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(EDGE_USER_HEADER, user.parse().unwrap());
+        h.insert(EDGE_ROLES_HEADER, roles.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn only_an_edge_proxy_may_name_a_user() {
+        let h = headers("alice", "dev, edge-proxy");
+        let alice = edge_user(&principal(&[EDGE_PROXY_ROLE]), &h).unwrap();
+        assert_eq!(alice.subject, "alice");
+        assert_eq!(alice.roles, vec!["dev".to_string()]);
+        assert_eq!(alice.auth, AuthKind::Edge);
+        assert_eq!(
+            alice.serial, "abc",
+            "revoking the proxy must cut its users off"
+        );
+        assert!(edge_user(&principal(&["admin"]), &h).is_none());
+        assert!(edge_user(&principal(&[EDGE_PROXY_ROLE]), &headers("sandbox:x", "")).is_none());
+        assert!(edge_user(&principal(&[EDGE_PROXY_ROLE]), &http::HeaderMap::new()).is_none());
     }
 }

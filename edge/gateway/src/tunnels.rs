@@ -56,6 +56,7 @@ impl Tunnels {
         // Tunnels are authorized like RPCs: the same certificate checks apply.
         crate::auth::authorize(
             "/openshell.v1.Tunnel/Open",
+            headers,
             Some(ctx),
             self.tls,
             &self.revocations,

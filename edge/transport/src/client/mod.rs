@@ -568,16 +568,57 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
                 .insert(http::header::AUTHORIZATION, b.clone());
         }
         match &self.inner {
-            ChannelInner::H3(send) => Box::pin(quic::call(send.clone(), req)),
+            ChannelInner::H3(send) => {
+                let fut = quic::call(send.clone(), req);
+                Box::pin(async move { Ok(grpc_from_http_error(fut.await?)) })
+            }
             ChannelInner::H2(send) => {
                 let fut = send.clone().send_request(req);
                 Box::pin(async move {
                     let resp = fut.await?;
-                    Ok(resp.map(tonic::body::Body::new))
+                    Ok(grpc_from_http_error(resp.map(tonic::body::Body::new)))
                 })
             }
         }
     }
+}
+
+/// A proxy in front of the gateway (edge mode) answers plain HTTP errors (401 with an HTML
+/// page, 502, ...). Turn those into trailers-only gRPC responses carrying the matching code,
+/// so callers see UNAUTHENTICATED instead of a body-decoding error.
+fn grpc_from_http_error(resp: Response<tonic::body::Body>) -> Response<tonic::body::Body> {
+    let is_grpc = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    let status = resp.status();
+    if is_grpc || status == http::StatusCode::OK {
+        return resp;
+    }
+    let code = match status.as_u16() {
+        400 => tonic::Code::Internal,
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        404 => tonic::Code::Unimplemented,
+        429 | 502 | 503 | 504 => tonic::Code::Unavailable,
+        _ => tonic::Code::Unknown,
+    };
+    let message = format!(
+        "HTTP {} from the gateway's endpoint (a proxy in front of it?)",
+        status.as_u16()
+    );
+    let mut out = Response::new(tonic::body::Body::empty());
+    let headers = out.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code as i32));
+    if let Ok(v) = HeaderValue::from_str(&message) {
+        headers.insert("grpc-message", v);
+    }
+    out
 }
 
 fn bearer_value(token: &Option<String>) -> Result<Option<HeaderValue>, TransportError> {
