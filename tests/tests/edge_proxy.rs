@@ -64,10 +64,10 @@ fn sign_in(s: &Setup, args: &[&str]) {
             .unwrap_or_else(|| panic!("no login URL; stderr: {seen:?}"))
             .unwrap();
         seen.push(line.clone());
-        if let Some(at) = line.find("https://") {
-            if line.contains("/auth/connect?") {
-                break line[at..].trim().to_string();
-            }
+        if let Some(at) = line.find("https://")
+            && line.contains("/auth/connect?")
+        {
+            break line[at..].trim().to_string();
         }
     };
     let curl = std::process::Command::new("curl")
