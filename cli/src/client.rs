@@ -113,7 +113,10 @@ pub async fn connect(
     choice: TransportChoice,
 ) -> Result<GatewayConnection, CliError> {
     let cfg = client_config(gw, choice)?;
-    let conn = Connector::new(cfg)?.connect().await?;
+    let spinner = crate::output::Spinner::start(format!("connecting to {}", gw.endpoint));
+    let result = Connector::new(cfg)?.connect().await;
+    spinner.finish().await;
+    let conn = result?;
     if let Err(e) = crate::config::record_transport_used(gw, conn.transport().as_str()) {
         tracing::warn!(error = %e, "cannot remember the transport used");
     }

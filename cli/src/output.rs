@@ -150,3 +150,63 @@ mod tests {
         );
     }
 }
+
+/// A spinner on stderr for waits that may take a while. It appears only on a terminal and
+/// only after a short delay (quick operations stay silent); piped output never sees it.
+/// Dropping it stops it and clears its line.
+pub struct Spinner {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Spinner {
+    pub fn start(message: impl Into<String>) -> Spinner {
+        if !std::io::stderr().is_terminal() {
+            return Spinner {
+                stop: None,
+                task: None,
+            };
+        }
+        let message = message.into();
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            const FRAMES: [&str; 4] = ["|", "/", "-", "\\"];
+            tokio::select! {
+                _ = &mut rx => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(300)) => {}
+            }
+            let mut i = 0;
+            loop {
+                eprint!("\r{} {message}", FRAMES[i % FRAMES.len()]);
+                i += 1;
+                tokio::select! {
+                    _ = &mut rx => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                }
+            }
+            eprint!("\r\x1b[2K");
+        });
+        Spinner {
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the spinner and waits until its line is cleared.
+    pub async fn finish(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}

@@ -218,3 +218,29 @@ fn doctor_checks_each_path_and_says_what_to_do() {
     );
     assert!(tcp.contains("fail") && tcp.contains("unreachable"), "{tcp}");
 }
+
+#[test]
+fn long_waits_spin_on_a_terminal_and_stay_quiet_when_piped() {
+    let (u, gw) = live();
+    drop(gw); // connecting now takes about a second before giving up
+    let piped = u.run(&["status"]);
+    assert!(!piped.stderr.contains("connecting to"), "{}", piped.stderr);
+    // The same command on a pseudo-terminal (util-linux `script`).
+    let template = u.command();
+    let mut cmd = std::process::Command::new("script");
+    for (k, v) in template.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let bin = openshell_tests::bin("openshell");
+    let out = cmd
+        .args(["-qec", &format!("{} status", bin.display()), "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux) is needed; scripts/test installs it");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("connecting to https://"), "{text}");
+    assert!(text.contains("Status: Disconnected"), "{text}");
+}
