@@ -12,6 +12,7 @@ pub mod health;
 pub mod metrics;
 pub mod reload;
 pub mod services;
+pub mod sessions;
 pub mod tunnels;
 
 use std::sync::Arc;
@@ -168,7 +169,9 @@ fn build_grpc(
             services::diagnostics::DiagnosticsService,
         ))
         .add_service(SupervisorServer::new(
-            services::supervisor::SupervisorService,
+            services::supervisor::SupervisorService {
+                sessions: Arc::new(sessions::LocalSessions::default()),
+            },
         ))
         .prepare();
     let layered = tower::ServiceBuilder::new()

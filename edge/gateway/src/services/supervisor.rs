@@ -1,12 +1,147 @@
-//! `openshell.v1.Supervisor`: callbacks from in-sandbox supervisors. No compute driver is
-//! compiled into this build yet, so every method answers UNIMPLEMENTED (the generated
-//! defaults); the service is registered so authorization (sandbox credentials only) is
-//! already enforced on its paths.
+//! `openshell.v1.Supervisor`: callbacks from in-sandbox supervisors, each authenticated with
+//! its own sandbox's credential (`CN=sandbox:<id>`, minted by the gateway from its CA). A
+//! credential acts only for its own sandbox: the id it names in a call must be its own.
+//!
+//! `ConnectSupervisor` is the supervisor's long-lived control stream:
+//!
+//! ```text
+//! supervisor                         gateway
+//!   Hello{sandbox_id}  ───────────>  check id == credential's, register session
+//!                      <───────────  SessionAccepted{session_id, heartbeat_interval}
+//!   Heartbeat          <──────────>  Heartbeat
+//!                      <───────────  RelayOpen{relay_id, target}   (when a user connects)
+//! ```
+//!
+//! Methods that need sandbox records (config, provider environment, logs, inference) answer
+//! UNIMPLEMENTED until compute drivers exist.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
 use openshell_proto::supervisor_server::Supervisor;
+use openshell_proto::{
+    Empty, GatewayMessage, Heartbeat, ReportMainProcessExitRequest, SessionAccepted,
+    SupervisorMessage, gateway_message, supervisor_message,
+};
+use tonic::{Request, Response, Status, Streaming};
 
-#[derive(Debug, Default)]
-pub struct SupervisorService;
+use crate::auth::Caller;
+use crate::sessions::{Session, SessionRegistry};
+
+/// How often each side sends a heartbeat.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+type GatewayStream = Pin<Box<dyn Stream<Item = Result<GatewayMessage, Status>> + Send>>;
+
+pub struct SupervisorService {
+    pub sessions: Arc<dyn SessionRegistry>,
+}
+
+/// The sandbox a request's credential belongs to, checked against the id it names.
+fn own_sandbox<T>(req: &Request<T>, named: &str) -> Result<String, Status> {
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .ok_or_else(|| Status::unauthenticated("no authenticated caller"))?;
+    let own = caller
+        .0
+        .sandbox_id()
+        .ok_or_else(|| Status::permission_denied("not a sandbox credential"))?;
+    if own != named {
+        return Err(Status::permission_denied(format!(
+            "the credential of sandbox '{own}' cannot act for sandbox '{named}'"
+        )));
+    }
+    Ok(own.to_string())
+}
 
 #[tonic::async_trait]
-impl Supervisor for SupervisorService {}
+impl Supervisor for SupervisorService {
+    async fn connect_supervisor(
+        &self,
+        req: Request<Streaming<SupervisorMessage>>,
+    ) -> Result<Response<GatewayStream>, Status> {
+        let caller = req.extensions().get::<Caller>().cloned();
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.next())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))?
+            .ok_or_else(|| Status::invalid_argument("stream ended before hello"))??;
+        let Some(supervisor_message::Msg::Hello(hello)) = first.msg else {
+            return Err(Status::invalid_argument("the first message must be hello"));
+        };
+        let mut check = Request::new(());
+        if let Some(c) = caller {
+            check.extensions_mut().insert(c);
+        }
+        let sandbox_id = own_sandbox(&check, &hello.sandbox_id)?;
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<GatewayMessage>(64);
+        let session = Session {
+            id: uuid::Uuid::new_v4().to_string(),
+            sandbox_id: sandbox_id.clone(),
+            instance_id: hello.instance_id,
+            ssh_host_key: hello.ssh_host_key,
+            tx: tx.clone(),
+            connected_at_ms: crate::now_ms(),
+        };
+        let session_id = session.id.clone();
+        if self.sessions.register(session).is_some() {
+            tracing::info!(sandbox = %sandbox_id, "supervisor reconnected; older session superseded");
+        } else {
+            tracing::info!(sandbox = %sandbox_id, "supervisor connected");
+        }
+        let accepted = GatewayMessage {
+            msg: Some(gateway_message::Msg::Accepted(SessionAccepted {
+                session_id: session_id.clone(),
+                heartbeat_interval_secs: HEARTBEAT.as_secs() as u32,
+            })),
+        };
+        tx.send(accepted)
+            .await
+            .map_err(|_| Status::internal("session closed during setup"))?;
+
+        // Read the supervisor's side until it ends; answer heartbeats.
+        let sessions = self.sessions.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = inbound.next().await {
+                match msg.msg {
+                    Some(supervisor_message::Msg::Heartbeat(_)) => {
+                        let beat = GatewayMessage {
+                            msg: Some(gateway_message::Msg::Heartbeat(Heartbeat {
+                                sent_at_ms: crate::now_ms(),
+                            })),
+                        };
+                        if tx.send(beat).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(supervisor_message::Msg::MainExit(exit)) => {
+                        tracing::info!(sandbox = %sandbox_id, code = exit.exit_code, "main process exited");
+                    }
+                    Some(supervisor_message::Msg::RelayResult(r)) => {
+                        tracing::debug!(sandbox = %sandbox_id, relay = %r.relay_id, ok = r.ok, "relay result");
+                    }
+                    Some(supervisor_message::Msg::Hello(_)) | None => {}
+                }
+            }
+            sessions.unregister(&sandbox_id, &session_id);
+            tracing::info!(sandbox = %sandbox_id, "supervisor session ended");
+        });
+        let out = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn report_main_process_exit(
+        &self,
+        req: Request<ReportMainProcessExitRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let named = req.get_ref().sandbox_id.clone();
+        own_sandbox(&req, &named)?;
+        Err(Status::not_found(format!(
+            "sandbox '{named}' has no record on this gateway (no compute driver in this build)"
+        )))
+    }
+}
