@@ -131,26 +131,6 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_aligns_columns() {
-        let t = table(
-            &["NAME", "ENDPOINT"],
-            &[
-                vec!["a".into(), "https://x".into()],
-                vec!["long-name".into(), "y".into()],
-            ],
-        );
-        assert_eq!(
-            t,
-            "NAME       ENDPOINT\na          https://x\nlong-name  y\n"
-        );
-    }
-}
-
 /// A spinner on stderr for waits that may take a while. It appears only on a terminal and
 /// only after a short delay (quick operations stay silent); piped output never sees it.
 /// Dropping it stops it and clears its line.
@@ -208,5 +188,25 @@ impl Drop for Spinner {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(
+            &["NAME", "ENDPOINT"],
+            &[
+                vec!["a".into(), "https://x".into()],
+                vec!["long-name".into(), "y".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "NAME       ENDPOINT\na          https://x\nlong-name  y\n"
+        );
     }
 }

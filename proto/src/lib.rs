@@ -54,10 +54,15 @@ mod tests {
         ];
         for path in IDEMPOTENT_READS {
             let service = path.trim_start_matches('/').split('/').next().unwrap();
-            assert!(generated.contains(&service), "{path} names an unknown service");
+            assert!(
+                generated.contains(&service),
+                "{path} names an unknown service"
+            );
         }
         assert!(is_idempotent_read("/openshell.v1.OpenShell/Health"));
-        assert!(!is_idempotent_read("/openshell.v1.OpenShell/CreateProvider"));
+        assert!(!is_idempotent_read(
+            "/openshell.v1.OpenShell/CreateProvider"
+        ));
         assert!(!is_idempotent_read("/openshell.v1.Diagnostics/Upload"));
     }
 }
