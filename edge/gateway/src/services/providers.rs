@@ -137,12 +137,15 @@ pub(crate) async fn create(
     to_wire(&obj)
 }
 
-pub(crate) async fn get(store: &dyn Store, name: &str) -> Result<Provider, GatewayError> {
-    let obj = store
+async fn load(store: &dyn Store, name: &str) -> Result<StoredObject, GatewayError> {
+    store
         .get(&KIND, name)
         .await?
-        .ok_or_else(|| GatewayError::NotFound(format!("provider '{name}'")))?;
-    to_wire(&obj)
+        .ok_or_else(|| GatewayError::NotFound(format!("provider '{name}'")))
+}
+
+pub(crate) async fn get(store: &dyn Store, name: &str) -> Result<Provider, GatewayError> {
+    to_wire(&load(store, name).await?)
 }
 
 pub(crate) async fn update(
@@ -150,10 +153,7 @@ pub(crate) async fn update(
     secrets: &SecretBox,
     req: UpdateProviderRequest,
 ) -> Result<Provider, GatewayError> {
-    let obj = store
-        .get(&KIND, &req.name)
-        .await?
-        .ok_or_else(|| GatewayError::NotFound(format!("provider '{}'", req.name)))?;
+    let obj = load(store, &req.name).await?;
     let mut p = decode(&obj)?;
     let mut creds = unseal(secrets, &req.name, &p.sealed_credentials)?;
     for (k, v) in req.credentials {
