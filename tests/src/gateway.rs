@@ -261,3 +261,26 @@ macro_rules! assert_eventually {
         }
     }};
 }
+
+/// Connects with `cfg` and returns why the gateway refused: the connect error, or (TLS 1.3
+/// rejects client certificates after the handshake) the reason the first RPC failed.
+/// Panics if the gateway answered.
+pub async fn refusal(cfg: openshell_transport::ClientConfig) -> String {
+    let conn = match openshell_transport::Connector::new(cfg)
+        .unwrap()
+        .connect()
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return e.to_string(),
+    };
+    let status = openshell_proto::open_shell_client::OpenShellClient::new(conn.channel())
+        .get_gateway_info(openshell_proto::GetGatewayInfoRequest {})
+        .await
+        .expect_err("the gateway answered a client it should have refused");
+    // The close frame may trail the failed stream by a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.explain(&status)
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| status.to_string())
+}

@@ -340,25 +340,9 @@ async fn revocation_closes_live_connections_and_refuses_resumption() {
         .unwrap_or_else(|| err.to_string());
     assert!(text.contains("revoked"), "resumed session: {text}");
     // A fresh full handshake is refused too.
-    let fresh = Connector::new({
-        let mut c = gw.client_config(&victim);
-        c.hint = PathHint::TcpOnly;
-        c
-    })
-    .unwrap();
-    let msg = match fresh.connect().await {
-        Err(e) => e.to_string(),
-        Ok(c) => {
-            let e = OpenShellClient::new(c.channel())
-                .health(openshell_proto::HealthRequest {})
-                .await
-                .unwrap_err();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            c.explain(&e)
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| e.to_string())
-        }
-    };
+    let mut fresh = gw.client_config(&victim);
+    fresh.hint = PathHint::TcpOnly;
+    let msg = openshell_tests::gateway::refusal(fresh).await;
     assert!(msg.contains("revoked"), "fresh handshake: {msg}");
 }
 

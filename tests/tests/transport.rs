@@ -291,21 +291,9 @@ async fn tunnel_targets_are_chosen_by_the_gateway() {
 }
 
 async fn rejection(gw: &Gateway, creds: &openshell_tests::ClientCreds, hint: PathHint) -> String {
-    let connector = connector(gw, creds, hint);
-    let conn = match connector.connect().await {
-        Ok(c) => c,
-        Err(e) => return e.to_string(),
-    };
-    // TLS 1.3: the rejection arrives after the handshake, on the first request.
-    let status = OpenShellClient::new(conn.channel())
-        .get_gateway_info(GetGatewayInfoRequest {})
-        .await
-        .expect_err("a rejected certificate must not get an answer");
-    // Give the close frame a moment to be processed.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    conn.explain(&status)
-        .map(|e| e.to_string())
-        .unwrap_or_else(|| status.to_string())
+    let mut cfg = gw.client_config(creds);
+    cfg.hint = hint;
+    openshell_tests::gateway::refusal(cfg).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,20 +333,7 @@ async fn mtls_rejection_matrix() {
                 .unwrap(),
         );
         cfg.hint = hint;
-        let conn = Connector::new(cfg).unwrap().connect().await;
-        let msg = match conn {
-            Err(e) => e.to_string(),
-            Ok(conn) => {
-                let status = OpenShellClient::new(conn.channel())
-                    .get_gateway_info(GetGatewayInfoRequest {})
-                    .await
-                    .expect_err("no certificate must not get an answer");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                conn.explain(&status)
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| status.to_string())
-            }
-        };
+        let msg = openshell_tests::gateway::refusal(cfg).await;
         assert!(
             msg.contains("requires a client certificate"),
             "{hint:?} no cert: {msg}"
