@@ -16,6 +16,9 @@ pub const LABEL_SANDBOX_ID: &str = "openshell.sandbox-id";
 pub const LABEL_SANDBOX_NAME: &str = "openshell.sandbox-name";
 /// The [`GatewayId`] of the gateway that owns the workload.
 pub const LABEL_GATEWAY: &str = "openshell.gateway";
+/// The image reference as given in the spec (runtimes may report a normalised one, such as
+/// Podman's `localhost/...`).
+pub const LABEL_IMAGE: &str = "openshell.image";
 
 /// Checks the charset shared by ids that end up in label values and filters.
 fn check_token(kind: &str, s: &str) -> Result<(), String> {

@@ -11,22 +11,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
-    HostConfig, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, EventMessage, HostConfig, ResourcesUlimits, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+    CreateContainerOptions, EventsOptions, LogsOptions, RemoveContainerOptions,
+    StartContainerOptions, StopContainerOptions,
 };
 use futures::StreamExt;
 use openshell_drivers::{
-    DriverError, DriverHealth, DriverInfo, EventStream, GatewayId, LABEL_GATEWAY, LABEL_MANAGED,
-    LABEL_PREFIX, LABEL_SANDBOX_ID, LABEL_SANDBOX_NAME, LogStream, SandboxId, SandboxName,
-    SandboxSpec, WorkloadEvent, WorkloadState, WorkloadStatus,
+    DriverError, DriverHealth, DriverInfo, EventStream, GatewayId, LABEL_GATEWAY, LABEL_IMAGE,
+    LABEL_MANAGED, LABEL_PREFIX, LABEL_SANDBOX_ID, LABEL_SANDBOX_NAME, LogStream, SandboxId,
+    SandboxName, SandboxSpec, WorkloadEvent, WorkloadState, WorkloadStatus,
 };
 use tokio::sync::Mutex;
 
 use crate::lines::LineSplitter;
+use crate::raw::{self, RawError};
 
 /// Where a runtime's API is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +154,18 @@ fn status_code(e: &BollardError) -> Option<u16> {
     }
 }
 
+/// Whether labels mark a workload of `gateway` (and of sandbox `id`).
+fn owned_by(labels: &HashMap<String, String>, gateway: &GatewayId, id: Option<&SandboxId>) -> bool {
+    let is = |k: &str, v: &str| labels.get(k).map(String::as_str) == Some(v);
+    is(LABEL_MANAGED, "true")
+        && is(LABEL_GATEWAY, gateway.as_str())
+        && id.is_none_or(|id| is(LABEL_SANDBOX_ID, id.as_str()))
+}
+
+fn is_name_conflict(e: &BollardError) -> bool {
+    status_code(e) == Some(409) || server_message(e).contains("already in use")
+}
+
 fn server_message(e: &BollardError) -> String {
     match e {
         BollardError::DockerResponseServerError { message, .. } => message.trim().to_string(),
@@ -248,17 +261,42 @@ impl Engine {
         HashMap::from([("label".to_string(), labels)])
     }
 
+    /// Ids of this gateway's containers (of sandbox `id` only, with `id`).
+    async fn container_ids(
+        &self,
+        docker: &Docker,
+        id: Option<&SandboxId>,
+    ) -> Result<Vec<String>, DriverError> {
+        let version = docker.client_version().to_string();
+        let found = raw::list_containers(
+            &self.endpoint,
+            &version,
+            &self.filters(id),
+            self.settings.request_timeout,
+        )
+        .await
+        .map_err(|e| self.raw_error("list containers", e))?;
+        Ok(found
+            .into_iter()
+            .filter(|c| self.owns(c.labels.as_ref(), id))
+            .map(|c| c.id)
+            .collect())
+    }
+
     /// The container id of the sandbox's workload, if there is one.
     async fn find(&self, docker: &Docker, id: &SandboxId) -> Result<Option<String>, DriverError> {
-        let found = docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(self.filters(Some(id))),
-                ..Default::default()
-            }))
-            .await
-            .map_err(|e| self.error("list containers", e))?;
-        Ok(found.into_iter().find_map(|c| c.id))
+        Ok(self
+            .container_ids(docker, Some(id))
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Whether labels mark a workload of this gateway (and of sandbox `id`). The runtime
+    /// filters too; this guards against runtimes whose filters are looser (Podman's event
+    /// filters OR values of one key in some versions).
+    fn owns(&self, labels: Option<&HashMap<String, String>>, id: Option<&SandboxId>) -> bool {
+        labels.is_some_and(|labels| owned_by(labels, &self.gateway, id))
     }
 
     async fn find_or_not_found(
@@ -274,21 +312,51 @@ impl Engine {
             })
     }
 
+    /// Maps a failed raw read: no answer means the runtime is down.
+    fn raw_error(&self, op: &str, e: RawError) -> DriverError {
+        match e {
+            RawError::Transport(reason) => self.unavailable(reason),
+            RawError::Answer { status, message } => DriverError::Backend {
+                runtime: self.flavor.name.into(),
+                op: op.to_string(),
+                message: match status {
+                    Some(code) => format!("{message} (HTTP {code})"),
+                    None => message,
+                },
+            },
+        }
+    }
+
+    async fn inspect_raw(
+        &self,
+        docker: &Docker,
+        container: &str,
+    ) -> Result<raw::Inspect, RawError> {
+        let version = docker.client_version().to_string();
+        raw::inspect_container(
+            &self.endpoint,
+            &version,
+            container,
+            self.settings.request_timeout,
+        )
+        .await
+    }
+
     async fn inspect(
         &self,
         docker: &Docker,
         container: &str,
     ) -> Result<WorkloadStatus, DriverError> {
-        let c = docker
-            .inspect_container(container, None::<InspectContainerOptions>)
+        let c = self
+            .inspect_raw(docker, container)
             .await
-            .map_err(|e| self.error(&format!("inspect container {container}"), e))?;
+            .map_err(|e| self.raw_error(&format!("inspect container {container}"), e))?;
         self.status_of(c)
     }
 
     /// Reads a status back from an inspected container.
-    fn status_of(&self, c: ContainerInspectResponse) -> Result<WorkloadStatus, DriverError> {
-        let container = c.id.clone().unwrap_or_default();
+    fn status_of(&self, c: raw::Inspect) -> Result<WorkloadStatus, DriverError> {
+        let container = c.id.clone();
         let bad = |what: &str| DriverError::Backend {
             runtime: self.flavor.name.into(),
             op: format!("read container {container}"),
@@ -296,9 +364,12 @@ impl Engine {
                 "{what}; remove the container by hand if it was not made by OpenShell"
             ),
         };
-        let config = c.config.unwrap_or_default();
-        let mut labels: BTreeMap<String, String> =
-            config.labels.unwrap_or_default().into_iter().collect();
+        let config = c.config;
+        let all_labels = config.labels.unwrap_or_default();
+        if !self.owns(Some(&all_labels), None) {
+            return Err(bad("it does not carry this gateway's ownership labels"));
+        }
+        let mut labels: BTreeMap<String, String> = all_labels.into_iter().collect();
         let id = labels
             .get(LABEL_SANDBOX_ID)
             .ok_or_else(|| bad("it has no sandbox id label"))
@@ -311,8 +382,9 @@ impl Engine {
             .and_then(|v| {
                 SandboxName::new(v.as_str()).map_err(|_| bad("its sandbox name label is malformed"))
             })?;
+        let requested_image = labels.get(LABEL_IMAGE).cloned();
         labels.retain(|k, _| !k.starts_with(LABEL_PREFIX));
-        let host = c.host_config.unwrap_or_default();
+        let host = c.host_config;
         let env = config
             .env
             .unwrap_or_default()
@@ -323,7 +395,7 @@ impl Engine {
             })
             .collect();
         let spec = SandboxSpec {
-            image: config.image.unwrap_or_default(),
+            image: requested_image.or(config.image).unwrap_or_default(),
             cpu: host.nano_cpus.filter(|n| *n > 0).map(|n| n as f64 / 1e9),
             memory: host
                 .memory
@@ -336,7 +408,7 @@ impl Engine {
         Ok(WorkloadStatus {
             id,
             name,
-            state: state_of(c.state.unwrap_or_default()),
+            state: state_of(&c.state),
             runtime_id: container,
             spec,
         })
@@ -353,6 +425,7 @@ impl Engine {
         labels.insert(LABEL_GATEWAY.into(), self.gateway.to_string());
         labels.insert(LABEL_SANDBOX_ID.into(), id.to_string());
         labels.insert(LABEL_SANDBOX_NAME.into(), name.to_string());
+        labels.insert(LABEL_IMAGE.into(), spec.image.clone());
         let memory = spec
             .memory
             .map(|m| {
@@ -453,7 +526,8 @@ impl Engine {
             )
             .await
             .map_err(|e| match status_code(&e) {
-                Some(409) => DriverError::AlreadyExists {
+                // Podman answers a taken name with a 500 saying so.
+                Some(409) | Some(500) if is_name_conflict(&e) => DriverError::AlreadyExists {
                     what: format!("a container named `{cname}`"),
                 },
                 Some(404) => image_missing(),
@@ -535,20 +609,10 @@ impl Engine {
 
     pub(crate) async fn list(&self) -> Result<Vec<WorkloadStatus>, DriverError> {
         let docker = self.client().await?;
-        let containers = docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(self.filters(None)),
-                ..Default::default()
-            }))
-            .await
-            .map_err(|e| self.error("list containers", e))?;
+        let containers = self.container_ids(&docker, None).await?;
         let mut out = Vec::with_capacity(containers.len());
-        for container in containers.into_iter().filter_map(|c| c.id) {
-            match docker
-                .inspect_container(&container, None::<InspectContainerOptions>)
-                .await
-            {
+        for container in containers {
+            match self.inspect_raw(&docker, &container).await {
                 Ok(c) => match self.status_of(c) {
                     Ok(status) => out.push(status),
                     // Carries our labels but was not made by a driver: not ours to manage.
@@ -557,8 +621,12 @@ impl Engine {
                     }
                 },
                 // Removed between the list and the inspect.
-                Err(e) if status_code(&e) == Some(404) => {}
-                Err(e) => return Err(self.error(&format!("inspect container {container}"), e)),
+                Err(RawError::Answer {
+                    status: Some(404), ..
+                }) => {}
+                Err(e) => {
+                    return Err(self.raw_error(&format!("inspect container {container}"), e));
+                }
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -584,6 +652,7 @@ impl Engine {
         }));
         let ctx = WatchCtx {
             flavor: self.flavor.clone(),
+            gateway: self.gateway.clone(),
             endpoint: self.endpoint.clone(),
             docker,
         };
@@ -627,6 +696,7 @@ impl Engine {
             .boxed();
         let ctx = WatchCtx {
             flavor: self.flavor.clone(),
+            gateway: self.gateway.clone(),
             endpoint: self.endpoint.clone(),
             docker,
         };
@@ -657,6 +727,7 @@ impl Engine {
 /// What a stream needs after the call that made it returned.
 struct WatchCtx {
     flavor: Flavor,
+    gateway: GatewayId,
     endpoint: Endpoint,
     docker: Docker,
 }
@@ -682,6 +753,9 @@ impl WatchCtx {
     async fn event_of(&self, message: EventMessage) -> Option<WorkloadEvent> {
         let actor = message.actor?;
         let attributes = actor.attributes.unwrap_or_default();
+        if !owned_by(&attributes, &self.gateway, None) {
+            return None;
+        }
         let id = SandboxId::new(attributes.get(LABEL_SANDBOX_ID)?.as_str()).ok()?;
         let state = match message.action.as_deref()? {
             "create" => WorkloadState::Creating,
@@ -706,43 +780,42 @@ impl WatchCtx {
     }
 
     async fn exit_code(&self, container: &str) -> Option<i64> {
-        let c = self
-            .docker
-            .inspect_container(container, None::<InspectContainerOptions>)
-            .await
-            .ok()?;
-        c.state?.exit_code
+        let version = self.docker.client_version().to_string();
+        let c =
+            raw::inspect_container(&self.endpoint, &version, container, Duration::from_secs(30))
+                .await
+                .ok()?;
+        Some(c.state.exit_code)
     }
 }
 
 const PAUSED: &str = "paused outside OpenShell: unpause it, or stop and start the sandbox";
 
 /// Maps the runtime's container state to ours.
-fn state_of(s: bollard::models::ContainerState) -> WorkloadState {
-    let error = s.error.filter(|e| !e.is_empty());
-    let exit_code = s.exit_code.unwrap_or(0);
-    match s.status.unwrap_or(ContainerStateStatusEnum::EMPTY) {
-        ContainerStateStatusEnum::CREATED => match error {
+fn state_of(s: &raw::State) -> WorkloadState {
+    let error = Some(s.error.as_str()).filter(|e| !e.is_empty());
+    let exit_code = s.exit_code;
+    match s.status.as_str() {
+        // Podman: `configured` is created but not yet initialized.
+        "created" | "configured" | "initialized" => match error {
             Some(e) => WorkloadState::Error(format!("failed to start: {e}")),
             None => WorkloadState::Creating,
         },
-        ContainerStateStatusEnum::RESTARTING => WorkloadState::Creating,
-        ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::STOPPING => {
-            WorkloadState::Running
-        }
-        ContainerStateStatusEnum::PAUSED => WorkloadState::Error(PAUSED.into()),
-        ContainerStateStatusEnum::EXITED => match error {
+        "restarting" => WorkloadState::Creating,
+        "running" | "stopping" => WorkloadState::Running,
+        "paused" => WorkloadState::Error(PAUSED.into()),
+        // Podman: `stopped` is exited, before its cleanup ran.
+        "exited" | "stopped" => match error {
             Some(e) if exit_code != 0 => WorkloadState::Error(format!("failed to start: {e}")),
             _ => WorkloadState::Stopped { exit_code },
         },
-        ContainerStateStatusEnum::REMOVING => WorkloadState::Missing,
-        ContainerStateStatusEnum::DEAD => WorkloadState::Error(format!(
+        "removing" => WorkloadState::Missing,
+        "dead" => WorkloadState::Error(format!(
             "the container is dead{}: delete the sandbox",
             error.map(|e| format!(" ({e})")).unwrap_or_default()
         )),
-        ContainerStateStatusEnum::EMPTY => {
-            WorkloadState::Error("the runtime reports no state for the container".into())
-        }
+        "" => WorkloadState::Error("the runtime reports no state for the container".into()),
+        other => WorkloadState::Error(format!("the runtime reports an unknown state `{other}`")),
     }
 }
 
@@ -813,7 +886,6 @@ pub(crate) use forward_to_engine;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bollard::models::ContainerState;
 
     #[test]
     fn endpoints() {
@@ -840,27 +912,31 @@ mod tests {
 
     #[test]
     fn states() {
-        let st = |status, exit_code, error: &str| {
-            state_of(ContainerState {
-                status: Some(status),
-                exit_code: Some(exit_code),
-                error: Some(error.into()),
-                ..Default::default()
+        let st = |status: &str, exit_code, error: &str| {
+            state_of(&raw::State {
+                status: status.into(),
+                exit_code,
+                error: error.into(),
             })
         };
-        use ContainerStateStatusEnum as S;
-        assert_eq!(st(S::CREATED, 0, ""), WorkloadState::Creating);
-        assert_eq!(st(S::RUNNING, 0, ""), WorkloadState::Running);
+        assert_eq!(st("created", 0, ""), WorkloadState::Creating);
+        assert_eq!(st("running", 0, ""), WorkloadState::Running);
         assert_eq!(
-            st(S::EXITED, 137, ""),
+            st("exited", 137, ""),
             WorkloadState::Stopped { exit_code: 137 }
         );
         assert!(
-            matches!(st(S::EXITED, 127, "exec: no such file"), WorkloadState::Error(e) if e.contains("no such file"))
+            matches!(st("exited", 127, "exec: no such file"), WorkloadState::Error(e) if e.contains("no such file"))
         );
-        assert!(matches!(st(S::PAUSED, 0, ""), WorkloadState::Error(e) if e.contains("unpause")));
-        assert!(matches!(st(S::DEAD, 0, ""), WorkloadState::Error(e) if e.contains("dead")));
-        assert_eq!(st(S::REMOVING, 0, ""), WorkloadState::Missing);
+        assert!(matches!(st("paused", 0, ""), WorkloadState::Error(e) if e.contains("unpause")));
+        assert!(matches!(st("dead", 0, ""), WorkloadState::Error(e) if e.contains("dead")));
+        assert_eq!(st("removing", 0, ""), WorkloadState::Missing);
+        assert_eq!(
+            st("stopped", 3, ""),
+            WorkloadState::Stopped { exit_code: 3 }
+        );
+        assert_eq!(st("configured", 0, ""), WorkloadState::Creating);
+        assert!(matches!(st("frozen", 0, ""), WorkloadState::Error(e) if e.contains("`frozen`")));
     }
 
     #[test]

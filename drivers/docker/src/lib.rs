@@ -12,6 +12,7 @@ mod docker;
 mod engine;
 mod lines;
 mod podman;
+mod raw;
 
 pub use docker::{DOCKER_DEFAULT_SOCKET, DockerConfig, DockerDriver};
 pub use engine::{ContainerSettings, Endpoint, Ulimit};
