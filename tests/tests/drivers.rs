@@ -1,0 +1,1010 @@
+//! One conformance suite for every compute driver: the in-memory fake, Docker and Podman.
+//!
+//! Each case is a generic async fn over a [`Harness`]; `conformance!` runs every case
+//! against each backend. The real backends run against real runtimes that the harness
+//! brings up when needed:
+//! - Docker: the daemon at /var/run/docker.sock; started (`dockerd`) if it does not answer.
+//! - Podman: installed with apt if missing; its API service is started on a socket in a
+//!   temp dir with a containers.conf whose default ulimits fit under this host's hard
+//!   limits, and stopped when the test process exits.
+//!
+//! The test image (`openshell-test/busybox:1`, busybox-static from Debian, imported
+//! locally) is built once per runtime and kept. Each test uses its own gateway ids and
+//! removes every container carrying them when it ends; nothing else is touched. What the
+//! driver reports is checked against the runtime's own CLI (`inspect`, `exec`).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use openshell_driver_docker::{
+    ContainerSettings, DockerConfig, DockerDriver, Endpoint, PodmanConfig, PodmanDriver,
+};
+use openshell_drivers::{
+    ComputeDriver, DriverError, FakeDriver, FakeRuntime, GatewayId, LABEL_GATEWAY, LABEL_MANAGED,
+    LABEL_SANDBOX_ID, LABEL_SANDBOX_NAME, LogLine, SandboxId, SandboxName, SandboxSpec,
+    WorkloadState, WorkloadStatus,
+};
+
+const TEST_IMAGE: &str = "openshell-test/busybox:1";
+const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// Container names of test sandboxes start with this, so they are easy to spot.
+const NAME_PREFIX: &str = "openshell-test-";
+
+/// The workload every case runs: prints `started`, runs until SIGTERM, then exits with the
+/// code in /tmp/exit-code (0 when absent).
+const MAIN: &str = "trap 'exit $(cat /tmp/exit-code 2>/dev/null || echo 0)' TERM; \
+                    echo started; while :; do sleep 3600 & wait $!; done";
+
+fn random_hex(n: usize) -> String {
+    hex::encode((0..n).map(|_| rand::random::<u8>()).collect::<Vec<_>>())
+}
+
+fn name(prefix: &str) -> SandboxName {
+    SandboxName::new(format!("{prefix}-{}", random_hex(4))).unwrap()
+}
+
+fn gateway_id() -> GatewayId {
+    GatewayId::new(format!("conformance-{}", random_hex(6))).unwrap()
+}
+
+/// What the runtime itself says about a container (through its CLI, not the driver).
+#[derive(Debug)]
+struct Observed {
+    env: Vec<String>,
+    labels: BTreeMap<String, String>,
+    nano_cpus: i64,
+    memory: i64,
+    restart_policy: String,
+    ulimits: Vec<(String, i64, i64)>,
+}
+
+/// A backend under test and the means to play the workload's part.
+trait Harness: Send + Sync {
+    /// This test's driver (its own gateway id).
+    fn driver(&self) -> Arc<dyn ComputeDriver>;
+    /// A driver for another gateway on the same runtime.
+    fn other_driver(&self) -> Arc<dyn ComputeDriver>;
+    /// A driver whose runtime is down, and what its errors must name.
+    fn down_driver(&self) -> (Arc<dyn ComputeDriver>, String);
+    fn image(&self) -> String;
+    /// A command that cannot start.
+    fn failing_command(&self) -> Vec<String>;
+    /// The main process prints `line` on stdout.
+    async fn print(&self, st: &WorkloadStatus, line: &str);
+    /// The main process exits with `code`.
+    async fn exit(&self, st: &WorkloadStatus, code: i64);
+    async fn write_file(&self, st: &WorkloadStatus, path: &str, data: &str);
+    async fn read_file(&self, st: &WorkloadStatus, path: &str) -> Option<String>;
+    /// The runtime's own view of the container; `None` for the fake, which has no other view.
+    async fn observe(&self, st: &WorkloadStatus) -> Option<Observed>;
+    /// Whether the runtime has a workload with this runtime id, whoever owns it.
+    async fn exists(&self, runtime_id: &str) -> bool;
+}
+
+fn spec(h: &impl Harness) -> SandboxSpec {
+    SandboxSpec {
+        command: vec!["/bin/sh".into(), "-c".into(), MAIN.into()],
+        ..SandboxSpec::new(h.image())
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads events until `want` arrives for `id` (within 30 s); every event must be about `id`.
+async fn expect_event(
+    events: &mut openshell_drivers::EventStream,
+    id: &SandboxId,
+    want: WorkloadState,
+) {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let e = match tokio::time::timeout_at(deadline, events.next()).await {
+            Err(_) => panic!("no {want:?} event within 30 s; saw {seen:?}"),
+            Ok(None) => panic!("the event stream ended while waiting for {want:?}; saw {seen:?}"),
+            Ok(Some(Err(e))) => panic!("the event stream failed while waiting for {want:?}: {e}"),
+            Ok(Some(Ok(e))) => e,
+        };
+        assert_eq!(&e.id, id, "an event for another sandbox: {e:?}");
+        if e.state == want {
+            return;
+        }
+        seen.push(e.state);
+    }
+}
+
+async fn collect_logs(stream: openshell_drivers::LogStream) -> Vec<LogLine> {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        stream.map(|l| l.unwrap()).collect(),
+    )
+    .await
+    .expect("the log stream did not end within 30 s")
+}
+
+// ---------------------------------------------------------------------------------------
+// The cases
+
+async fn info_reports_a_healthy_runtime(h: &impl Harness) {
+    let info = h.driver().info().await;
+    assert!(info.is_healthy(), "{info:?}");
+    assert!(
+        !info.version.as_deref().unwrap_or("").is_empty(),
+        "{info:?}"
+    );
+    assert!(!info.endpoint.is_empty(), "{info:?}");
+}
+
+async fn create_runs_and_applies_the_spec(h: &impl Harness) {
+    let d = h.driver();
+    let id = SandboxId::generate();
+    let name = name("spec");
+    let mut s = spec(h);
+    s.cpu = Some(0.5);
+    s.memory = Some(64 << 20);
+    s.env = [
+        ("GREETING".into(), "hello world".into()),
+        ("EMPTY".into(), String::new()),
+    ]
+    .into();
+    s.labels = [("team".into(), "edge".into())].into();
+    let t = Instant::now();
+    let st = d.create(&id, &name, &s).await.unwrap();
+    eprintln!("create-to-Running: {:?}", t.elapsed());
+    assert_eq!(st.state, WorkloadState::Running);
+    assert_eq!((&st.id, &st.name), (&id, &name));
+    assert_eq!(st.spec.image, s.image);
+    assert_eq!(st.spec.cpu, Some(0.5));
+    assert_eq!(st.spec.memory, Some(64 << 20));
+    assert_eq!(st.spec.labels, s.labels, "only user labels are reported");
+    assert_eq!(st.spec.command, s.command);
+    for (k, v) in &s.env {
+        assert_eq!(st.spec.env.get(k), Some(v), "{:?}", st.spec.env);
+    }
+    assert_eq!(d.get(&id).await.unwrap(), st);
+
+    if let Some(o) = h.observe(&st).await {
+        assert!(
+            o.env.contains(&"GREETING=hello world".to_string()),
+            "{:?}",
+            o.env
+        );
+        assert!(o.env.contains(&"EMPTY=".to_string()), "{:?}", o.env);
+        assert_eq!(o.nano_cpus, 500_000_000);
+        assert_eq!(o.memory, 64 << 20);
+        assert!(
+            matches!(o.restart_policy.as_str(), "no" | ""),
+            "restart policy {:?}",
+            o.restart_policy
+        );
+        assert_eq!(o.labels.get("team").map(String::as_str), Some("edge"));
+        assert_eq!(
+            o.labels.get(LABEL_MANAGED).map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(o.labels.get(LABEL_SANDBOX_ID), Some(&id.to_string()));
+        assert_eq!(o.labels.get(LABEL_SANDBOX_NAME), Some(&name.to_string()));
+        assert!(o.labels.contains_key(LABEL_GATEWAY));
+        eprintln!("ulimits: {:?}", o.ulimits);
+    }
+}
+
+async fn list_shows_only_this_gateways_workloads(h: &impl Harness) {
+    let (mine, theirs) = (h.driver(), h.other_driver());
+    assert!(mine.list().await.unwrap().is_empty());
+    let (a, b) = (SandboxId::generate(), SandboxId::generate());
+    let (na, nb) = (name("mine"), name("theirs"));
+    mine.create(&a, &na, &spec(h)).await.unwrap();
+    theirs.create(&b, &nb, &spec(h)).await.unwrap();
+    let listed: Vec<_> = mine
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.id, s.name))
+        .collect();
+    assert_eq!(listed, [(a.clone(), na)]);
+    let listed: Vec<_> = theirs
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&b));
+    // Another gateway's workload is invisible, not just unlisted.
+    assert!(matches!(
+        mine.get(&b).await,
+        Err(DriverError::NotFound { .. })
+    ));
+    mine.delete(&b).await.unwrap();
+    assert_eq!(theirs.get(&b).await.unwrap().state, WorkloadState::Running);
+}
+
+async fn stop_and_start_keep_files_and_report_exit_codes(h: &impl Harness) {
+    let d = h.driver();
+    let id = SandboxId::generate();
+    let st = d.create(&id, &name("files"), &spec(h)).await.unwrap();
+    h.write_file(&st, "/root/note", "kept across restarts")
+        .await;
+
+    let stopped = d.stop(&id).await.unwrap();
+    assert_eq!(stopped.state, WorkloadState::Stopped { exit_code: 0 });
+    assert_eq!(
+        d.get(&id).await.unwrap().state,
+        WorkloadState::Stopped { exit_code: 0 }
+    );
+    // Stopping a stopped workload is fine.
+    assert_eq!(
+        d.stop(&id).await.unwrap().state,
+        WorkloadState::Stopped { exit_code: 0 }
+    );
+
+    let started = d.start(&id).await.unwrap();
+    assert_eq!(started.state, WorkloadState::Running);
+    assert_eq!(
+        started.runtime_id, st.runtime_id,
+        "the same workload, not a new one"
+    );
+    assert_eq!(d.start(&id).await.unwrap().state, WorkloadState::Running);
+    assert_eq!(
+        h.read_file(&started, "/root/note").await.as_deref(),
+        Some("kept across restarts")
+    );
+
+    // The main process ending by itself is seen with its code.
+    h.exit(&started, 5).await;
+    eventually(
+        "the workload to stop with code 5",
+        Duration::from_secs(20),
+        || async { d.get(&id).await.unwrap().state == WorkloadState::Stopped { exit_code: 5 } },
+    )
+    .await;
+}
+
+async fn delete_removes_the_workload_and_is_idempotent(h: &impl Harness) {
+    let d = h.driver();
+    let id = SandboxId::generate();
+    let st = d.create(&id, &name("del"), &spec(h)).await.unwrap();
+    assert!(h.exists(&st.runtime_id).await);
+    d.delete(&id).await.unwrap();
+    assert!(
+        !h.exists(&st.runtime_id).await,
+        "the container is still there"
+    );
+    assert!(matches!(
+        d.get(&id).await,
+        Err(DriverError::NotFound { .. })
+    ));
+    d.delete(&id).await.unwrap();
+    for result in [d.start(&id).await, d.stop(&id).await] {
+        let e = result.unwrap_err();
+        assert!(matches!(e, DriverError::NotFound { .. }), "{e:?}");
+        assert!(e.to_string().contains(id.as_str()), "{e}");
+    }
+    assert!(d.logs(&id, false).await.is_err());
+    assert!(d.list().await.unwrap().is_empty());
+}
+
+async fn duplicates_are_refused(h: &impl Harness) {
+    let d = h.driver();
+    let (id, taken) = (SandboxId::generate(), name("dup"));
+    d.create(&id, &taken, &spec(h)).await.unwrap();
+
+    let e = d
+        .create(&SandboxId::generate(), &taken, &spec(h))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DriverError::AlreadyExists { .. }), "{e:?}");
+    assert!(e.to_string().contains(taken.as_str()), "{e}");
+    let e = d.create(&id, &name("other"), &spec(h)).await.unwrap_err();
+    assert!(matches!(e, DriverError::AlreadyExists { .. }), "{e:?}");
+    // The same name under another gateway clashes too: names are global on one runtime.
+    let e = h
+        .other_driver()
+        .create(&SandboxId::generate(), &taken, &spec(h))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DriverError::AlreadyExists { .. }), "{e:?}");
+
+    let all = d.list().await.unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].state, WorkloadState::Running);
+    assert!(h.other_driver().list().await.unwrap().is_empty());
+
+    let e = SandboxName::new("Not_A_Name").unwrap_err();
+    assert!(matches!(e, DriverError::InvalidName { .. }), "{e:?}");
+}
+
+async fn bad_specs_leave_nothing_behind(h: &impl Harness) {
+    let d = h.driver();
+    let n = name("bad");
+
+    let missing = format!("openshell-test/no-such-image:{}", random_hex(4));
+    let e = d
+        .create(&SandboxId::generate(), &n, &SandboxSpec::new(&missing))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DriverError::ImageNotFound { .. }), "{e:?}");
+    assert!(e.to_string().contains(&missing), "{e}");
+
+    let s = SandboxSpec {
+        cpu: Some(0.0),
+        ..spec(h)
+    };
+    let e = d.create(&SandboxId::generate(), &n, &s).await.unwrap_err();
+    assert!(matches!(e, DriverError::InvalidSpec(_)), "{e:?}");
+
+    // Created, then failed to start: removed again.
+    let s = SandboxSpec {
+        command: h.failing_command(),
+        ..spec(h)
+    };
+    let e = d.create(&SandboxId::generate(), &n, &s).await.unwrap_err();
+    assert!(
+        !matches!(e, DriverError::RuntimeUnavailable { .. }),
+        "{e:?}"
+    );
+    eprintln!("failed start: {e}");
+
+    assert!(
+        d.list().await.unwrap().is_empty(),
+        "something was left behind"
+    );
+    // And the name is free.
+    let st = d
+        .create(&SandboxId::generate(), &n, &spec(h))
+        .await
+        .unwrap();
+    assert_eq!(st.state, WorkloadState::Running);
+}
+
+async fn a_runtime_that_is_down_is_reported(h: &impl Harness) {
+    let (d, endpoint) = h.down_driver();
+    let info = d.info().await;
+    assert!(!info.is_healthy(), "{info:?}");
+    assert_eq!(info.version, None);
+    let id = SandboxId::generate();
+    let results = [
+        d.create(&id, &name("down"), &spec(h)).await.map(|_| ()),
+        d.get(&id).await.map(|_| ()),
+        d.list().await.map(|_| ()),
+        d.delete(&id).await,
+        d.watch().await.map(|_| ()),
+    ];
+    for r in results {
+        let e = r.unwrap_err();
+        assert!(matches!(e, DriverError::RuntimeUnavailable { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains(&endpoint),
+            "{e} does not name {endpoint}"
+        );
+        assert!(e.is_transient());
+    }
+}
+
+async fn watch_delivers_transitions(h: &impl Harness) {
+    let d = h.driver();
+    let mut events = d.watch().await.unwrap();
+    // Another gateway's workloads never show up.
+    h.other_driver()
+        .create(&SandboxId::generate(), &name("noise"), &spec(h))
+        .await
+        .unwrap();
+    let id = SandboxId::generate();
+    d.create(&id, &name("watched"), &spec(h)).await.unwrap();
+    expect_event(&mut events, &id, WorkloadState::Running).await;
+    d.stop(&id).await.unwrap();
+    expect_event(&mut events, &id, WorkloadState::Stopped { exit_code: 0 }).await;
+    d.start(&id).await.unwrap();
+    expect_event(&mut events, &id, WorkloadState::Running).await;
+    d.delete(&id).await.unwrap();
+    expect_event(&mut events, &id, WorkloadState::Missing).await;
+}
+
+async fn logs_return_the_output(h: &impl Harness) {
+    let d = h.driver();
+    let id = SandboxId::generate();
+    let st = d.create(&id, &name("logs"), &spec(h)).await.unwrap();
+    let hello = format!("hello {}", random_hex(4));
+    h.print(&st, &hello).await;
+    let lines = || async {
+        let logs = d.logs(&id, false).await.unwrap();
+        collect_logs(logs)
+            .await
+            .into_iter()
+            .map(|l| l.line)
+            .collect::<Vec<_>>()
+    };
+    eventually(
+        "both lines in the logs",
+        Duration::from_secs(10),
+        || async {
+            let got = lines().await;
+            // The fake runs no shell, so it never prints `started` itself.
+            got.contains(&hello) && (got.contains(&"started".to_string()) || got.len() == 1)
+        },
+    )
+    .await;
+
+    // Followed logs go on until the workload stops.
+    let follower = tokio::spawn(collect_logs(d.logs(&id, true).await.unwrap()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.print(&st, "later").await;
+    eventually("the later line", Duration::from_secs(10), || async {
+        lines().await.contains(&"later".to_string())
+    })
+    .await;
+    d.stop(&id).await.unwrap();
+    let followed: Vec<_> = follower
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert!(
+        followed.contains(&hello) && followed.contains(&"later".into()),
+        "{followed:?}"
+    );
+}
+
+macro_rules! conformance {
+    ($backend:ident, $harness:expr) => {
+        mod $backend {
+            use super::*;
+            conformance!(@cases $harness;
+                info_reports_a_healthy_runtime,
+                create_runs_and_applies_the_spec,
+                list_shows_only_this_gateways_workloads,
+                stop_and_start_keep_files_and_report_exit_codes,
+                delete_removes_the_workload_and_is_idempotent,
+                duplicates_are_refused,
+                bad_specs_leave_nothing_behind,
+                a_runtime_that_is_down_is_reported,
+                watch_delivers_transitions,
+                logs_return_the_output,
+            );
+        }
+    };
+    (@cases $harness:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let h = $harness;
+                super::$case(&h).await;
+            }
+        )+
+    };
+}
+
+conformance!(fake, FakeHarness::new());
+conformance!(docker, RealHarness::new(Runtime::docker()));
+conformance!(podman, RealHarness::new(Runtime::podman()));
+
+// ---------------------------------------------------------------------------------------
+// The fake
+
+struct FakeHarness {
+    driver: FakeDriver,
+    other: FakeDriver,
+}
+
+impl FakeHarness {
+    fn new() -> Self {
+        let runtime = FakeRuntime::new();
+        runtime.add_image(TEST_IMAGE);
+        Self {
+            driver: runtime.driver(gateway_id()),
+            other: runtime.driver(gateway_id()),
+        }
+    }
+}
+
+impl Harness for FakeHarness {
+    fn driver(&self) -> Arc<dyn ComputeDriver> {
+        Arc::new(self.driver.clone())
+    }
+    fn other_driver(&self) -> Arc<dyn ComputeDriver> {
+        Arc::new(self.other.clone())
+    }
+    fn down_driver(&self) -> (Arc<dyn ComputeDriver>, String) {
+        let runtime = FakeRuntime::new();
+        runtime.set_available(false);
+        let endpoint = futures::executor::block_on(runtime.driver(gateway_id()).info()).endpoint;
+        (Arc::new(runtime.driver(gateway_id())), endpoint)
+    }
+    fn image(&self) -> String {
+        TEST_IMAGE.into()
+    }
+    fn failing_command(&self) -> Vec<String> {
+        vec![FakeDriver::FAILING_PROGRAM.into()]
+    }
+    async fn print(&self, st: &WorkloadStatus, line: &str) {
+        self.driver.print(&st.id, line).unwrap();
+    }
+    async fn exit(&self, st: &WorkloadStatus, code: i64) {
+        self.driver.exit(&st.id, code).unwrap();
+    }
+    async fn write_file(&self, st: &WorkloadStatus, path: &str, data: &str) {
+        self.driver
+            .write_file(&st.id, path, data.as_bytes())
+            .unwrap();
+    }
+    async fn read_file(&self, st: &WorkloadStatus, path: &str) -> Option<String> {
+        let data = self.driver.read_file(&st.id, path).unwrap()?;
+        Some(String::from_utf8(data).unwrap())
+    }
+    async fn observe(&self, _: &WorkloadStatus) -> Option<Observed> {
+        None
+    }
+    async fn exists(&self, runtime_id: &str) -> bool {
+        let all = self.driver.runtime().all_workloads();
+        let ids: Vec<_> = all.iter().map(|(_, id, _)| id.clone()).collect();
+        // The fake's runtime ids are `fake-N`; map them through the driver's view.
+        for id in ids {
+            for d in [&self.driver, &self.other] {
+                if let Ok(st) = d.get(&id).await
+                    && st.runtime_id == runtime_id
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Real runtimes
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Docker,
+    Podman,
+}
+
+/// A running container runtime and how to reach it.
+struct Runtime {
+    kind: Kind,
+    socket: PathBuf,
+    /// For Podman: the containers.conf the service and the CLI use.
+    containers_conf: Option<PathBuf>,
+}
+
+/// Keeps services started by the harness alive until the test process exits: each runs
+/// under a shell that stops it when its stdin (held here) closes.
+static KEEPALIVE: Mutex<Vec<Child>> = Mutex::new(Vec::new());
+
+/// `GET /_ping` on a Docker-API socket.
+fn ping(socket: &Path) -> bool {
+    let Ok(mut s) = UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.") && answer.contains(" 200 ") && answer.ends_with("OK")
+}
+
+fn wait_for_ping(socket: &Path, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ping(socket) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not answer on {} within 60 s; its log:\n{}",
+            socket.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts `program args` in the background, tied to this process's life; returns its log.
+fn spawn_service(program: &str, args: &[&str], envs: &[(&str, &Path)], log: &Path) {
+    let script = r#"prog=$1; shift; "$prog" "$@" & pid=$!; read -r _; kill "$pid"; wait "$pid""#;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script).arg("sh").arg(program).args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    KEEPALIVE.lock().unwrap().push(child);
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Installs a Debian package when `program` is missing (as root).
+fn need_package(program: &str, package: &str) {
+    if run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}")))
+    .status
+    .success()
+    {
+        return;
+    }
+    let install = || {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    if !install().status.success() {
+        run_ok(Command::new("apt-get").args(["update", "-qq"]));
+        let out = install();
+        assert!(
+            out.status.success(),
+            "{program} is missing and `apt-get install {package}` failed (run as root, or install it): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("openshell-drivers-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Runtime {
+    fn docker() -> &'static Runtime {
+        static DOCKER: OnceLock<Runtime> = OnceLock::new();
+        DOCKER.get_or_init(|| {
+            let socket = PathBuf::from(DOCKER_SOCKET);
+            if !ping(&socket) {
+                need_package("dockerd", "docker.io");
+                let log = scratch_dir("dockerd").join("dockerd.log");
+                spawn_service("dockerd", &[], &[], &log);
+                wait_for_ping(&socket, "dockerd", &log);
+            }
+            let rt = Runtime {
+                kind: Kind::Docker,
+                socket,
+                containers_conf: None,
+            };
+            rt.ensure_image();
+            rt
+        })
+    }
+
+    fn podman() -> &'static Runtime {
+        static PODMAN: OnceLock<Runtime> = OnceLock::new();
+        PODMAN.get_or_init(|| {
+            need_package("podman", "podman");
+            let dir = scratch_dir("podman");
+            // Podman's default ulimits (1048576) exceed this kind of host's hard limits
+            // when CAP_SYS_RESOURCE is missing, and runc then fails every start.
+            let conf = dir.join("containers.conf");
+            std::fs::write(
+                &conf,
+                "[containers]\ndefault_ulimits = [\"nofile=16384:16384\", \"nproc=16384:16384\"]\n",
+            )
+            .unwrap();
+            let socket = dir.join("podman.sock");
+            let log = dir.join("podman.log");
+            let url = format!("unix://{}", socket.display());
+            spawn_service(
+                "podman",
+                &["system", "service", "--time=0", &url],
+                &[("CONTAINERS_CONF", &conf)],
+                &log,
+            );
+            wait_for_ping(&socket, "podman system service", &log);
+            let rt = Runtime {
+                kind: Kind::Podman,
+                socket,
+                containers_conf: Some(conf),
+            };
+            rt.ensure_image();
+            rt
+        })
+    }
+
+    /// The runtime's own CLI.
+    fn cli(&self) -> Command {
+        match self.kind {
+            Kind::Docker => {
+                let mut c = Command::new("docker");
+                c.arg("-H").arg(format!("unix://{}", self.socket.display()));
+                c
+            }
+            Kind::Podman => {
+                let mut c = Command::new("podman");
+                if let Some(conf) = &self.containers_conf {
+                    c.env("CONTAINERS_CONF", conf);
+                }
+                c
+            }
+        }
+    }
+
+    async fn cli_async(&self, args: &[&str]) -> Output {
+        let mut cmd = tokio::process::Command::from(self.cli());
+        cmd.args(args);
+        cmd.output().await.unwrap()
+    }
+
+    /// Builds the test image from busybox-static once; kept by tag for later runs.
+    fn ensure_image(&self) {
+        static BUILD: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = BUILD.lock().unwrap();
+        if run(self.cli().args(["image", "inspect", TEST_IMAGE]))
+            .status
+            .success()
+        {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let download = || {
+            run(Command::new("apt-get")
+                .args(["download", "-qq", "busybox-static"])
+                .current_dir(dir.path()))
+        };
+        if !download().status.success() {
+            run_ok(Command::new("apt-get").args(["update", "-qq"]));
+            run_ok(
+                Command::new("apt-get")
+                    .args(["download", "-qq", "busybox-static"])
+                    .current_dir(dir.path()),
+            );
+        }
+        let deb = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .expect("apt-get download left no .deb");
+        let root = dir.path().join("rootfs");
+        run_ok(Command::new("dpkg").arg("-x").arg(&deb).arg(&root));
+        let busybox = ["bin/busybox", "usr/bin/busybox"]
+            .iter()
+            .map(|p| root.join(p))
+            .find(|p| p.exists())
+            .expect("busybox-static has no busybox binary");
+        let bin = busybox.parent().unwrap().to_path_buf();
+        let applets = run_ok(Command::new(&busybox).arg("--list")).stdout;
+        for applet in String::from_utf8(applets).unwrap().lines() {
+            let link = bin.join(applet);
+            if !link.exists() {
+                std::os::unix::fs::symlink("busybox", link).unwrap();
+            }
+        }
+        if !root.join("bin").exists() {
+            std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+        }
+        for d in ["tmp", "proc", "sys", "dev", "etc", "root"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let tar = dir.path().join("rootfs.tar");
+        run_ok(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&root)
+                .arg("-cf")
+                .arg(&tar)
+                .arg("."),
+        );
+        run_ok(
+            self.cli()
+                .args([
+                    "import",
+                    "--change",
+                    "ENV PATH=/usr/bin:/bin:/usr/sbin:/sbin",
+                ])
+                .arg(&tar)
+                .arg(TEST_IMAGE),
+        );
+    }
+
+    fn settings() -> ContainerSettings {
+        ContainerSettings {
+            name_prefix: NAME_PREFIX.into(),
+            stop_grace: Duration::from_secs(5),
+            ..ContainerSettings::default()
+        }
+    }
+
+    fn driver_at(&self, gateway: GatewayId, endpoint: Endpoint) -> Arc<dyn ComputeDriver> {
+        match self.kind {
+            Kind::Docker => {
+                let mut c = DockerConfig::new(gateway).unwrap().with_endpoint(endpoint);
+                c.containers = Self::settings();
+                Arc::new(DockerDriver::new(c))
+            }
+            Kind::Podman => {
+                let mut c = PodmanConfig::new(gateway).with_endpoint(endpoint);
+                c.containers = Self::settings();
+                Arc::new(PodmanDriver::new(c))
+            }
+        }
+    }
+
+    fn driver(&self, gateway: GatewayId) -> Arc<dyn ComputeDriver> {
+        self.driver_at(gateway, Endpoint::Unix(self.socket.clone()))
+    }
+
+    /// Removes every container of `gateway` (only test gateways are passed here).
+    fn remove_containers_of(&self, gateway: &GatewayId) {
+        let filter = format!("label={LABEL_GATEWAY}={gateway}");
+        let out = run(self.cli().args(["ps", "-aq", "--filter", &filter]));
+        let ids = String::from_utf8_lossy(&out.stdout).to_string();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            run(self.cli().args(["rm", "-f"]).args(&ids));
+        }
+    }
+}
+
+struct RealHarness {
+    rt: &'static Runtime,
+    gateway: GatewayId,
+    other: GatewayId,
+    driver: Arc<dyn ComputeDriver>,
+    other_driver: Arc<dyn ComputeDriver>,
+}
+
+impl RealHarness {
+    fn new(rt: &'static Runtime) -> Self {
+        let (gateway, other) = (gateway_id(), gateway_id());
+        Self {
+            rt,
+            driver: rt.driver(gateway.clone()),
+            other_driver: rt.driver(other.clone()),
+            gateway,
+            other,
+        }
+    }
+
+    async fn exec(&self, st: &WorkloadStatus, args: &[&str]) -> Output {
+        let mut all = vec!["exec", st.runtime_id.as_str()];
+        all.extend_from_slice(args);
+        self.rt.cli_async(&all).await
+    }
+
+    async fn exec_ok(&self, st: &WorkloadStatus, args: &[&str]) {
+        let out = self.exec(st, args).await;
+        assert!(
+            out.status.success(),
+            "exec {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for RealHarness {
+    fn drop(&mut self) {
+        self.rt.remove_containers_of(&self.gateway);
+        self.rt.remove_containers_of(&self.other);
+    }
+}
+
+impl Harness for RealHarness {
+    fn driver(&self) -> Arc<dyn ComputeDriver> {
+        self.driver.clone()
+    }
+    fn other_driver(&self) -> Arc<dyn ComputeDriver> {
+        self.other_driver.clone()
+    }
+    fn down_driver(&self) -> (Arc<dyn ComputeDriver>, String) {
+        let socket = scratch_dir("down").join("no-such-runtime.sock");
+        let d = self
+            .rt
+            .driver_at(gateway_id(), Endpoint::Unix(socket.clone()));
+        (d, socket.display().to_string())
+    }
+    fn image(&self) -> String {
+        TEST_IMAGE.into()
+    }
+    fn failing_command(&self) -> Vec<String> {
+        vec!["/no/such/program".into()]
+    }
+    async fn print(&self, st: &WorkloadStatus, line: &str) {
+        self.exec_ok(st, &["sh", "-c", "echo \"$1\" > /proc/1/fd/1", "sh", line])
+            .await;
+    }
+    async fn exit(&self, st: &WorkloadStatus, code: i64) {
+        let code = code.to_string();
+        self.exec_ok(
+            st,
+            &[
+                "sh",
+                "-c",
+                "echo \"$1\" > /tmp/exit-code; kill -TERM 1",
+                "sh",
+                &code,
+            ],
+        )
+        .await;
+    }
+    async fn write_file(&self, st: &WorkloadStatus, path: &str, data: &str) {
+        self.exec_ok(
+            st,
+            &["sh", "-c", "printf %s \"$2\" > \"$1\"", "sh", path, data],
+        )
+        .await;
+    }
+    async fn read_file(&self, st: &WorkloadStatus, path: &str) -> Option<String> {
+        let out = self.exec(st, &["cat", path]).await;
+        out.status
+            .success()
+            .then(|| String::from_utf8(out.stdout).unwrap())
+    }
+    async fn observe(&self, st: &WorkloadStatus) -> Option<Observed> {
+        let out = self.rt.cli_async(&["inspect", &st.runtime_id]).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let c = &v[0];
+        let host = &c["HostConfig"];
+        Some(Observed {
+            env: serde_json::from_value(c["Config"]["Env"].clone()).unwrap_or_default(),
+            labels: serde_json::from_value(c["Config"]["Labels"].clone()).unwrap_or_default(),
+            nano_cpus: host["NanoCpus"].as_i64().unwrap_or(0),
+            memory: host["Memory"].as_i64().unwrap_or(0),
+            restart_policy: host["RestartPolicy"]["Name"].as_str().unwrap_or("").into(),
+            ulimits: host["Ulimits"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|u| {
+                    (
+                        u["Name"].as_str().unwrap_or("").to_string(),
+                        u["Soft"].as_i64().unwrap_or(0),
+                        u["Hard"].as_i64().unwrap_or(0),
+                    )
+                })
+                .collect(),
+        })
+    }
+    async fn exists(&self, runtime_id: &str) -> bool {
+        self.rt
+            .cli_async(&["inspect", runtime_id])
+            .await
+            .status
+            .success()
+    }
+}
