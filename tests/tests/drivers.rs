@@ -615,29 +615,71 @@ fn wait_for_ping(socket: &Path, what: &str, log: &Path) {
     while !ping(socket) {
         assert!(
             Instant::now() < deadline,
-            "{what} did not answer on {} within 60 s; its log:\n{}",
+            "{what} did not answer on {} within 60 s; its log:\n{}{}",
             socket.display(),
-            std::fs::read_to_string(log).unwrap_or_default()
+            std::fs::read_to_string(log).unwrap_or_default(),
+            std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-/// Starts `program args` in the background, tied to this process's life; returns its log.
-fn spawn_service(program: &str, args: &[&str], envs: &[(&str, &Path)], log: &Path) {
-    let script = r#"prog=$1; shift; "$prog" "$@" & pid=$!; read -r _; kill "$pid"; wait "$pid""#;
+/// Starts `program args` in the background under a shell that stops it when the returned
+/// child's stdin closes (dropped, or this process exits). Output goes to `log` (stdout)
+/// and `log`.err (stderr).
+fn spawn_service(program: &str, args: &[&str], envs: &[(&str, &Path)], log: &Path) -> Child {
+    // CLEANUP_DIR (optional) is removed once the service has stopped.
+    let script = r#"prog=$1; shift; "$prog" "$@" & pid=$!; read -r _; kill "$pid"; wait "$pid"
+        [ -z "$CLEANUP_DIR" ] || rm -rf "$CLEANUP_DIR""#;
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(script).arg("sh").arg(program).args(args);
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let child = cmd
-        .stdin(Stdio::piped())
+    cmd.stdin(Stdio::piped())
         .stdout(std::fs::File::create(log).unwrap())
         .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-    KEEPALIVE.lock().unwrap().push(child);
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
+}
+
+/// Stops a service started by [`spawn_service`] and waits for it.
+fn stop_service(mut child: Child) {
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
+
+/// Starts a Podman API service on a socket in `dir`; `conf` is its CONTAINERS_CONF.
+/// With `cleanup`, `dir` is removed when the service stops.
+fn start_podman_service(dir: &Path, conf: Option<&Path>, cleanup: bool) -> (Child, PathBuf) {
+    let socket = dir.join("podman.sock");
+    let log = dir.join("podman.log");
+    let url = format!("unix://{}", socket.display());
+    let mut envs: Vec<(&str, &Path)> = conf.map(|c| ("CONTAINERS_CONF", c)).into_iter().collect();
+    if cleanup {
+        envs.push(("CLEANUP_DIR", dir));
+    }
+    let child = spawn_service(
+        "podman",
+        &["system", "service", "--time=0", &url],
+        &envs,
+        &log,
+    );
+    wait_for_ping(&socket, "podman system service", &log);
+    (child, socket)
+}
+
+/// A containers.conf whose default ulimits fit under this kind of host's hard limits:
+/// Podman's defaults (1048576) exceed them when CAP_SYS_RESOURCE is missing, and runc then
+/// fails every start.
+fn write_containers_conf(dir: &Path) -> PathBuf {
+    let conf = dir.join("containers.conf");
+    std::fs::write(
+        &conf,
+        "[containers]\ndefault_ulimits = [\"nofile=16384:16384\", \"nproc=16384:16384\"]\n",
+    )
+    .unwrap();
+    conf
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -695,8 +737,10 @@ impl Runtime {
             let socket = PathBuf::from(DOCKER_SOCKET);
             if !ping(&socket) {
                 need_package("dockerd", "docker.io");
-                let log = scratch_dir("dockerd").join("dockerd.log");
-                spawn_service("dockerd", &[], &[], &log);
+                let dir = scratch_dir("dockerd");
+                let log = dir.join("dockerd.log");
+                let dockerd = spawn_service("dockerd", &[], &[("CLEANUP_DIR", &dir)], &log);
+                KEEPALIVE.lock().unwrap().push(dockerd);
                 wait_for_ping(&socket, "dockerd", &log);
             }
             let rt = Runtime {
@@ -714,24 +758,9 @@ impl Runtime {
         PODMAN.get_or_init(|| {
             need_package("podman", "podman");
             let dir = scratch_dir("podman");
-            // Podman's default ulimits (1048576) exceed this kind of host's hard limits
-            // when CAP_SYS_RESOURCE is missing, and runc then fails every start.
-            let conf = dir.join("containers.conf");
-            std::fs::write(
-                &conf,
-                "[containers]\ndefault_ulimits = [\"nofile=16384:16384\", \"nproc=16384:16384\"]\n",
-            )
-            .unwrap();
-            let socket = dir.join("podman.sock");
-            let log = dir.join("podman.log");
-            let url = format!("unix://{}", socket.display());
-            spawn_service(
-                "podman",
-                &["system", "service", "--time=0", &url],
-                &[("CONTAINERS_CONF", &conf)],
-                &log,
-            );
-            wait_for_ping(&socket, "podman system service", &log);
+            let conf = write_containers_conf(&dir);
+            let (service, socket) = start_podman_service(&dir, Some(&conf), true);
+            KEEPALIVE.lock().unwrap().push(service);
             let rt = Runtime {
                 kind: Kind::Podman,
                 socket,
@@ -927,7 +956,10 @@ impl Harness for RealHarness {
         self.other_driver.clone()
     }
     fn down_driver(&self) -> (Arc<dyn ComputeDriver>, String) {
-        let socket = scratch_dir("down").join("no-such-runtime.sock");
+        // Never created: nothing answers there.
+        let socket = std::env::temp_dir()
+            .join(format!("openshell-drivers-no-runtime-{}", random_hex(4)))
+            .join("runtime.sock");
         let d = self
             .rt
             .driver_at(gateway_id(), Endpoint::Unix(socket.clone()));
@@ -1007,4 +1039,157 @@ impl Harness for RealHarness {
             .status
             .success()
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Beyond the shared suite: timings, and Podman services of a test's own
+
+/// Removes a gateway's containers when dropped.
+struct RemoveOnDrop(&'static Runtime, GatewayId);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        self.0.remove_containers_of(&self.1);
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Driver create-to-Running against a bare `run -d` of the same image and command through
+/// the runtime's CLI, alternating, five of each.
+async fn create_time_against_a_bare_run(rt: &'static Runtime) {
+    let h = RealHarness::new(rt);
+    let d = h.driver();
+    let label = format!("{LABEL_GATEWAY}={}", h.gateway);
+    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let id = SandboxId::generate();
+        let t = Instant::now();
+        let st = d.create(&id, &name("timing"), &spec(&h)).await.unwrap();
+        ours.push(t.elapsed());
+        assert_eq!(st.state, WorkloadState::Running);
+        d.delete(&id).await.unwrap();
+
+        let t = Instant::now();
+        let out = rt
+            .cli_async(&[
+                "run", "-d", "--label", &label, TEST_IMAGE, "/bin/sh", "-c", MAIN,
+            ])
+            .await;
+        bare.push(t.elapsed());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let container = String::from_utf8(out.stdout).unwrap();
+        rt.cli_async(&["rm", "-f", container.trim()]).await;
+    }
+    let (o, b) = (median(ours.clone()), median(bare.clone()));
+    eprintln!(
+        "{:?}: driver create-to-Running median {o:?} {ours:?}; bare CLI `run -d` median {b:?} {bare:?}",
+        rt.kind
+    );
+    assert!(
+        o < b * 3 + Duration::from_secs(2),
+        "the driver is far slower than the CLI"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_create_time_against_docker_run() {
+    create_time_against_a_bare_run(Runtime::docker()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_create_time_against_podman_run() {
+    create_time_against_a_bare_run(Runtime::podman()).await;
+}
+
+/// The driver's own ulimits let containers start on a service with no containers.conf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_starts_containers_without_a_containers_conf() {
+    let rt = Runtime::podman();
+    let dir = tempfile::tempdir().unwrap();
+    let (service, socket) = start_podman_service(dir.path(), None, false);
+    let gateway = gateway_id();
+    let _cleanup = RemoveOnDrop(rt, gateway.clone());
+    let d = rt.driver_at(gateway, Endpoint::Unix(socket));
+    let id = SandboxId::generate();
+    let s = SandboxSpec {
+        command: vec!["/bin/sh".into(), "-c".into(), MAIN.into()],
+        ..SandboxSpec::new(TEST_IMAGE)
+    };
+    let st = d.create(&id, &name("ulimits"), &s).await.unwrap();
+    assert_eq!(st.state, WorkloadState::Running);
+    let out = rt
+        .cli_async(&["exec", &st.runtime_id, "sh", "-c", "ulimit -n; ulimit -u"])
+        .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "16384\n16384\n");
+    d.delete(&id).await.unwrap();
+    stop_service(service);
+}
+
+/// The runtime goes away under a live driver and comes back: calls fail with
+/// RuntimeUnavailable meanwhile, the watch ends with that error, the workload survives,
+/// and the same driver works again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_driver_recovers_when_its_service_returns() {
+    let rt = Runtime::podman();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_containers_conf(dir.path());
+    let (service, socket) = start_podman_service(dir.path(), Some(&conf), false);
+    let gateway = gateway_id();
+    let _cleanup = RemoveOnDrop(rt, gateway.clone());
+    let d = rt.driver_at(gateway, Endpoint::Unix(socket.clone()));
+    let id = SandboxId::generate();
+    let s = SandboxSpec {
+        command: vec!["/bin/sh".into(), "-c".into(), MAIN.into()],
+        ..SandboxSpec::new(TEST_IMAGE)
+    };
+    let before = d.create(&id, &name("survivor"), &s).await.unwrap();
+    let mut events = d.watch().await.unwrap();
+
+    stop_service(service);
+    let end = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return e,
+                None => panic!("the watch ended without an error"),
+            }
+        }
+    })
+    .await
+    .expect("the watch did not notice the outage within 30 s");
+    assert!(
+        matches!(end, DriverError::RuntimeUnavailable { .. }),
+        "{end:?}"
+    );
+    assert!(
+        events.next().await.is_none(),
+        "the watch goes on after its error"
+    );
+    let e = d.get(&id).await.unwrap_err();
+    assert!(matches!(e, DriverError::RuntimeUnavailable { .. }), "{e:?}");
+    let socket_text = socket.display().to_string();
+    assert!(e.to_string().contains(&socket_text), "{e}");
+    assert!(e.to_string().contains("podman system service"), "{e}");
+    assert!(!d.info().await.is_healthy());
+
+    let (service, _) = start_podman_service(dir.path(), Some(&conf), false);
+    let after = d.get(&id).await.unwrap();
+    assert_eq!(
+        after.state,
+        WorkloadState::Running,
+        "the workload did not survive"
+    );
+    assert_eq!(after.runtime_id, before.runtime_id);
+    assert!(d.info().await.is_healthy());
+    assert_eq!(d.list().await.unwrap().len(), 1);
+    d.delete(&id).await.unwrap();
+    stop_service(service);
 }

@@ -660,7 +660,11 @@ impl Engine {
             let (mut events, ctx) = state?;
             loop {
                 match events.next().await {
-                    None => return None,
+                    // The runtime never ends the stream by itself: it went away.
+                    None => {
+                        let err = ctx.closed();
+                        return Some((Err(err), None));
+                    }
                     Some(Err(e)) => {
                         let err = ctx.error(e);
                         return Some((Err(err), None));
@@ -746,6 +750,15 @@ impl WatchCtx {
                 reason: chain(&e),
                 hint: self.flavor.down_hint.clone(),
             },
+        }
+    }
+
+    fn closed(&self) -> DriverError {
+        DriverError::RuntimeUnavailable {
+            runtime: self.flavor.name.into(),
+            endpoint: self.endpoint.to_string(),
+            reason: "it closed the event stream".into(),
+            hint: self.flavor.down_hint.clone(),
         }
     }
 
