@@ -88,6 +88,28 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, parsing never panics, and anything accepted prints back
+        /// to the same text (no two spellings of one target).
+        #[test]
+        fn parse_is_total_and_canonical(s in "\\PC{0,80}") {
+            if let Some(t) = TunnelTarget::parse(&s) {
+                proptest::prop_assert_eq!(t.to_string(), s);
+            }
+        }
+
+        #[test]
+        fn generated_targets_round_trip(name in "[a-zA-Z0-9._-]{1,40}", port in 1u16..) {
+            for t in [
+                TunnelTarget::Service(name.clone()),
+                TunnelTarget::SandboxSsh(name.clone()),
+                TunnelTarget::SandboxPort(name.clone(), port),
+            ] {
+                proptest::prop_assert_eq!(TunnelTarget::parse(&t.to_string()), Some(t));
+            }
+        }
+    }
+
     #[test]
     fn rejects_host_port_and_junk() {
         for bad in [
