@@ -1193,3 +1193,44 @@ async fn podman_driver_recovers_when_its_service_returns() {
     d.delete(&id).await.unwrap();
     stop_service(service);
 }
+
+/// Limits a runtime cannot honour come back as InvalidSpec with the reason, and leave
+/// nothing behind.
+async fn runtime_refusals_are_invalid_specs(rt: &'static Runtime) {
+    let h = RealHarness::new(rt);
+    let d = h.driver();
+    let s = SandboxSpec {
+        memory: Some(1024),
+        ..spec(&h)
+    };
+    let e = d
+        .create(&SandboxId::generate(), &name("tiny"), &s)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DriverError::InvalidSpec(_)), "{e:?}");
+    assert!(e.to_string().contains("memory"), "{e}");
+
+    // More CPUs than the host has: Docker refuses it at create.
+    let s = SandboxSpec {
+        cpu: Some(1000.0),
+        ..spec(&h)
+    };
+    let result = d.create(&SandboxId::generate(), &name("wide"), &s).await;
+    eprintln!("{:?} with 1000 cpus: {result:?}", rt.kind);
+    if rt.kind == Kind::Docker {
+        let e = result.unwrap_err();
+        assert!(matches!(e, DriverError::InvalidSpec(_)), "{e:?}");
+        assert!(e.to_string().to_lowercase().contains("cpus"), "{e}");
+        assert!(d.list().await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_refusals_are_invalid_specs() {
+    runtime_refusals_are_invalid_specs(Runtime::docker()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_refusals_are_invalid_specs() {
+    runtime_refusals_are_invalid_specs(Runtime::podman()).await;
+}

@@ -29,6 +29,9 @@ use tokio::sync::Mutex;
 use crate::lines::LineSplitter;
 use crate::raw::{self, RawError};
 
+/// The smallest memory limit a container can have (Docker's documented minimum).
+const MIN_MEMORY: u64 = 6 << 20;
+
 /// Where a runtime's API is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -147,6 +150,25 @@ fn chain(e: &(dyn StdError + 'static)) -> String {
     out
 }
 
+/// The innermost cause of a transport error ("Connection refused (os error 111)"): the
+/// wrappers around it name client internals, not what happened.
+fn root_cause(e: &(dyn StdError + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Runtime messages start with a capital ("Minimum memory limit ..."); ours are lowercase.
+fn lowercase_first(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 fn status_code(e: &BollardError) -> Option<u16> {
     match e {
         BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
@@ -211,7 +233,7 @@ impl Engine {
             )),
             BollardError::HyperLegacyError { .. }
             | BollardError::HyperResponseError { .. }
-            | BollardError::IOError { .. } => self.unavailable(chain(&e)),
+            | BollardError::IOError { .. } => self.unavailable(root_cause(&e)),
             _ => DriverError::Backend {
                 runtime: self.flavor.name.into(),
                 op: op.to_string(),
@@ -426,6 +448,16 @@ impl Engine {
         labels.insert(LABEL_SANDBOX_ID.into(), id.to_string());
         labels.insert(LABEL_SANDBOX_NAME.into(), name.to_string());
         labels.insert(LABEL_IMAGE.into(), spec.image.clone());
+        if let Some(m) = spec.memory
+            && m < MIN_MEMORY
+        {
+            // Docker refuses these at create; Podman creates them and runc fails the start.
+            return Err(DriverError::InvalidSpec(format!(
+                "memory {m} bytes is below the {} MiB minimum of a {} container",
+                MIN_MEMORY >> 20,
+                self.flavor.name
+            )));
+        }
         let memory = spec
             .memory
             .map(|m| {
@@ -531,7 +563,7 @@ impl Engine {
                     what: format!("a container named `{cname}`"),
                 },
                 Some(404) => image_missing(),
-                Some(400) => DriverError::InvalidSpec(server_message(&e)),
+                Some(400) => DriverError::InvalidSpec(lowercase_first(&server_message(&e))),
                 _ => self.error(&format!("create container {cname}"), e),
             })?;
         if let Err(e) = docker
@@ -747,7 +779,7 @@ impl WatchCtx {
             _ => DriverError::RuntimeUnavailable {
                 runtime: self.flavor.name.into(),
                 endpoint: self.endpoint.to_string(),
-                reason: chain(&e),
+                reason: root_cause(&e),
                 hint: self.flavor.down_hint.clone(),
             },
         }
@@ -950,6 +982,15 @@ mod tests {
         );
         assert_eq!(st("configured", 0, ""), WorkloadState::Creating);
         assert!(matches!(st("frozen", 0, ""), WorkloadState::Error(e) if e.contains("`frozen`")));
+    }
+
+    #[test]
+    fn messages() {
+        assert_eq!(lowercase_first("Minimum memory"), "minimum memory");
+        assert_eq!(lowercase_first(""), "");
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = BollardError::from(io);
+        assert_eq!(root_cause(&e), "Connection refused");
     }
 
     #[test]
