@@ -85,6 +85,29 @@ trait Harness: Send + Sync {
     async fn observe(&self, st: &WorkloadStatus) -> Option<Observed>;
     /// Whether the runtime has a workload with this runtime id, whoever owns it.
     async fn exists(&self, runtime_id: &str) -> bool;
+    /// Whether the main process has set itself up (MAIN printed `started`, so its SIGTERM
+    /// trap is in place); the fake is ready at once.
+    fn prints_started(&self) -> bool;
+}
+
+/// Waits until MAIN is past its setup: a stop before the trap is set would end in SIGKILL
+/// (exit 137) after the grace period instead of exit 0.
+/// `starts` counts the starts so far (logs span restarts).
+async fn wait_ready(h: &impl Harness, id: &SandboxId, starts: usize) {
+    if !h.prints_started() {
+        return;
+    }
+    let d = h.driver();
+    eventually(
+        "the workload to print `started`",
+        Duration::from_secs(20),
+        || async {
+            let logs = d.logs(id, false).await.unwrap();
+            let lines = collect_logs(logs).await;
+            lines.iter().filter(|l| l.line == "started").count() >= starts
+        },
+    )
+    .await;
 }
 
 fn spec(h: &impl Harness) -> SandboxSpec {
@@ -244,6 +267,7 @@ async fn stop_and_start_keep_files_and_report_exit_codes(h: &impl Harness) {
     let d = h.driver();
     let id = SandboxId::generate();
     let st = d.create(&id, &name("files"), &spec(h)).await.unwrap();
+    wait_ready(h, &id, 1).await;
     h.write_file(&st, "/root/note", "kept across restarts")
         .await;
 
@@ -266,6 +290,7 @@ async fn stop_and_start_keep_files_and_report_exit_codes(h: &impl Harness) {
         "the same workload, not a new one"
     );
     assert_eq!(d.start(&id).await.unwrap().state, WorkloadState::Running);
+    wait_ready(h, &id, 2).await;
     assert_eq!(
         h.read_file(&started, "/root/note").await.as_deref(),
         Some("kept across restarts")
@@ -413,6 +438,7 @@ async fn watch_delivers_transitions(h: &impl Harness) {
     let id = SandboxId::generate();
     d.create(&id, &name("watched"), &spec(h)).await.unwrap();
     expect_event(&mut events, &id, WorkloadState::Running).await;
+    wait_ready(h, &id, 1).await;
     d.stop(&id).await.unwrap();
     expect_event(&mut events, &id, WorkloadState::Stopped { exit_code: 0 }).await;
     d.start(&id).await.unwrap();
@@ -425,6 +451,7 @@ async fn logs_return_the_output(h: &impl Harness) {
     let d = h.driver();
     let id = SandboxId::generate();
     let st = d.create(&id, &name("logs"), &spec(h)).await.unwrap();
+    wait_ready(h, &id, 1).await;
     let hello = format!("hello {}", random_hex(4));
     h.print(&st, &hello).await;
     let lines = || async {
@@ -555,6 +582,9 @@ impl Harness for FakeHarness {
     }
     async fn observe(&self, _: &WorkloadStatus) -> Option<Observed> {
         None
+    }
+    fn prints_started(&self) -> bool {
+        false
     }
     async fn exists(&self, runtime_id: &str) -> bool {
         let all = self.driver.runtime().all_workloads();
@@ -1031,6 +1061,9 @@ impl Harness for RealHarness {
                 })
                 .collect(),
         })
+    }
+    fn prints_started(&self) -> bool {
+        true
     }
     async fn exists(&self, runtime_id: &str) -> bool {
         self.rt
