@@ -3,12 +3,24 @@
 
 use openshell_tests::{CliUser, Gateway};
 
-/// A user with a PKI from `openshell pki init`, a running gateway on it, a certificate
-/// installed with `openshell pki issue --gateway local` and the gateway registered.
+/// A user with a PKI from `openshell pki init`, a running gateway on it (Docker driver), a
+/// certificate installed with `openshell pki issue --gateway local` and the gateway
+/// registered.
 fn live() -> (CliUser, Gateway) {
+    live_with(&[])
+}
+
+fn live_with(env: &[(&str, &str)]) -> (CliUser, Gateway) {
     let u = CliUser::new();
     u.run(&["pki", "init"]).ok();
-    let gw = Gateway::builder().pki(&u.default_pki_dir()).spawn();
+    let mut b = Gateway::builder()
+        .pki(&u.default_pki_dir())
+        .arg("--drivers")
+        .arg("docker");
+    for (k, v) in env {
+        b = b.env(k, v);
+    }
+    let gw = b.spawn();
     u.run(&[
         "pki",
         "issue",
@@ -157,7 +169,10 @@ fn gateway_info_reports_version_listeners_and_path() {
         &format!("tcp://{}", gw.addr),
         "Transport: QUIC",
         "Caller: alice",
-        "Compute drivers: none in this gateway build",
+        "Compute drivers:",
+        "docker (active)  version ",
+        "health ok",
+        "podman (compiled in)",
     ] {
         assert!(
             r.stdout.contains(line),
@@ -168,7 +183,13 @@ fn gateway_info_reports_version_listeners_and_path() {
     let j = u.run(&["gateway", "info", "-o", "json"]).ok().json();
     assert_eq!(j["status"], "healthy");
     assert_eq!(j["transport"]["kind"], "quic");
-    assert!(j["compute_drivers"].as_array().unwrap().is_empty());
+    let drivers = j["compute_drivers"].as_array().unwrap();
+    let docker = drivers.iter().find(|d| d["name"] == "docker").unwrap();
+    assert_eq!(docker["active"], true);
+    assert!(
+        !docker["driver_version"].as_str().unwrap().is_empty(),
+        "{docker}"
+    );
     let j = u
         .run(&["--transport", "tcp", "gateway", "info", "-o", "yaml"])
         .ok()
@@ -243,4 +264,26 @@ fn long_waits_spin_on_a_terminal_and_stay_quiet_when_piped() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("connecting to https://"), "{text}");
     assert!(text.contains("Status: Disconnected"), "{text}");
+}
+
+#[test]
+fn a_runtime_that_is_down_shows_in_info_and_doctor() {
+    let (u, _gw) = live_with(&[("DOCKER_HOST", "unix:///nonexistent/docker.sock")]);
+    let r = u.run(&["gateway", "info"]).ok();
+    assert!(r.stdout.contains("docker (active)"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("/nonexistent/docker.sock"),
+        "{}",
+        r.stdout
+    );
+    let r = u.run(&["doctor", "check"]).fails();
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("Compute driver"))
+        .unwrap();
+    assert!(
+        line.contains("fail") && line.contains("unhealthy"),
+        "{line}"
+    );
 }

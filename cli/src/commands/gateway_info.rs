@@ -120,17 +120,25 @@ fn render(i: &Info) -> String {
     } else {
         out.push('\n');
         for d in &i.compute_drivers {
-            out.push_str(&format!(
-                "    {}{}  version {}  health {}\n",
-                d.name,
-                if d.active { " (active)" } else { "" },
-                if d.driver_version.is_empty() {
-                    "unknown"
-                } else {
-                    &d.driver_version
-                },
-                d.health
-            ));
+            if d.active {
+                out.push_str(&format!(
+                    "    {} (active)  version {}  health {}\n",
+                    d.name,
+                    if d.driver_version.is_empty() {
+                        "unknown"
+                    } else {
+                        &d.driver_version
+                    },
+                    d.health
+                ));
+            } else {
+                out.push_str(&format!("    {} (compiled in)\n", d.name));
+            }
+        }
+        if !i.compute_drivers.iter().any(|d| d.active) {
+            out.push_str(
+                "    no driver is active: no container runtime answered when the gateway started\n",
+            );
         }
     }
     out

@@ -109,6 +109,15 @@ pub struct Args {
     #[arg(long, default_value = "cubic", env = "OPENSHELL_CONGESTION")]
     pub congestion: Congestion,
 
+    /// Compute driver: docker, podman, kubernetes or vm. Default: auto-detect (Podman, then
+    /// Docker, whichever runtime answers).
+    #[arg(long, alias = "driver", env = "OPENSHELL_DRIVERS", value_enum)]
+    pub drivers: Option<DriverChoice>,
+
+    /// This gateway's id, written into the ownership labels of its workloads.
+    #[arg(long, default_value = "openshell", env = "OPENSHELL_GATEWAY_ID")]
+    pub gateway_id: String,
+
     /// How often the PKI files are checked for changes (certificate rotation, revocation).
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub reload_interval: Duration,
@@ -118,6 +127,25 @@ pub struct Args {
 pub enum TransportArg {
     Quic,
     Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DriverChoice {
+    Docker,
+    Podman,
+    Kubernetes,
+    Vm,
+}
+
+impl DriverChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverChoice::Docker => "docker",
+            DriverChoice::Podman => "podman",
+            DriverChoice::Kubernetes => "kubernetes",
+            DriverChoice::Vm => "vm",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -191,6 +219,8 @@ pub struct GatewayConfig {
     pub tuning: QuicTuning,
     pub shutdown_grace: Duration,
     pub reload_interval: Duration,
+    pub driver: Option<DriverChoice>,
+    pub gateway_id: String,
 }
 
 impl Args {
@@ -271,6 +301,8 @@ impl Args {
             tuning,
             shutdown_grace: self.shutdown_grace,
             reload_interval: self.reload_interval,
+            driver: self.drivers,
+            gateway_id: self.gateway_id,
         })
     }
 }

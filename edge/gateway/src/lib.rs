@@ -6,6 +6,7 @@
 //! wire (`openshell-transport`), storage (`openshell-store`), certificates (`openshell-pki`).
 
 pub mod auth;
+pub mod compute;
 pub mod config;
 mod error;
 pub mod health;
@@ -81,6 +82,7 @@ pub async fn run(
         }
     };
 
+    let compute = Arc::new(compute::Compute::select(config.driver, &config.gateway_id).await?);
     let rpc_metrics = Arc::new(metrics::RpcMetrics::default());
     let facts = services::openshell::GatewayFacts {
         name: "openshell".into(),
@@ -97,6 +99,7 @@ pub async fn run(
     let grpc = build_grpc(
         store.clone(),
         secrets,
+        compute,
         facts_slot.clone(),
         tls.is_some(),
         revocations.clone(),
@@ -154,6 +157,7 @@ pub async fn run(
 fn build_grpc(
     store: Arc<dyn openshell_store::Store>,
     secrets: Arc<openshell_store::SecretBox>,
+    compute: Arc<compute::Compute>,
     facts: Arc<std::sync::OnceLock<services::openshell::GatewayFacts>>,
     tls: bool,
     revocations: Arc<auth::Revocations>,
@@ -163,6 +167,7 @@ fn build_grpc(
         facts,
         store,
         secrets,
+        compute,
     };
     let routes = tonic::service::Routes::new(OpenShellServer::new(openshell))
         .add_service(DiagnosticsServer::new(

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use openshell_proto::open_shell_server::OpenShell;
 use openshell_proto::{
-    ComputeDriverInfo, CreateProviderRequest, DeleteProviderRequest, DeleteProviderResponse,
-    GatewayInfo, GetCurrentUserRequest, GetGatewayInfoRequest, GetProviderRequest, HealthRequest,
+    CreateProviderRequest, DeleteProviderRequest, DeleteProviderResponse, GatewayInfo,
+    GetCurrentUserRequest, GetGatewayInfoRequest, GetProviderRequest, HealthRequest,
     HealthResponse, ListProvidersRequest, ListProvidersResponse, Principal as WirePrincipal,
     Provider, ServingStatus, UpdateProviderRequest,
 };
@@ -30,6 +30,7 @@ pub struct OpenShellService {
     pub facts: Arc<std::sync::OnceLock<GatewayFacts>>,
     pub store: Arc<dyn openshell_store::Store>,
     pub secrets: Arc<openshell_store::SecretBox>,
+    pub compute: Arc<crate::compute::Compute>,
 }
 
 pub(crate) fn wire_principal(c: &Caller) -> WirePrincipal {
@@ -89,8 +90,7 @@ impl OpenShell for OpenShellService {
                 .get()
                 .map(|f| f.listen_addresses.clone())
                 .unwrap_or_default(),
-            // No compute driver is compiled into this build yet; an empty list is the truth.
-            compute_drivers: Vec::<ComputeDriverInfo>::new(),
+            compute_drivers: self.compute.describe().await,
             transport: ctx
                 .map(|c| c.conn.transport.as_str().to_string())
                 .unwrap_or_default(),
