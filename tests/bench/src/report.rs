@@ -244,10 +244,12 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "Run: `{}`  ", m.command);
     let _ = writeln!(
         s,
-        "{} to {} ({:.0} s), git {}, {} CPUs, kernel {}, link seed {}, TCP congestion control `{}`, QUIC congestion control in the matrix `{}`.\n",
+        "{} to {} ({:.0} s), load average {} at the start and {} at the end, git {}, {} CPUs, kernel {}, link seed {}, TCP congestion control `{}`, QUIC congestion control in the matrix `{}`.\n",
         m.started_utc,
         m.finished_utc,
         m.duration_secs,
+        m.loadavg_start,
+        m.loadavg_end,
         m.git_rev,
         m.cpus,
         m.kernel,

@@ -172,6 +172,11 @@ pub struct Meta {
     /// Kernel TCP congestion control inside the namespaces (the TCP path's controller).
     pub tcp_congestion: String,
     pub nofile_limit: String,
+    /// /proc/loadavg at the start and the end: the machine is shared, so say how busy.
+    #[serde(default)]
+    pub loadavg_start: String,
+    #[serde(default)]
+    pub loadavg_end: String,
     pub link_seed: u64,
     /// The gateway's QUIC congestion controller in the matrix (its default).
     pub matrix_congestion: String,

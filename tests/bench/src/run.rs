@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// Leave out the link matrix (run only the other phases).
     #[arg(long)]
     pub skip_matrix: bool,
+    /// QUIC congestion controller of the gateway and the clients in the matrix (the
+    /// gateway's default is cubic); the comparison phase always runs all three.
+    #[arg(long, default_value = "cubic", value_parser = ["cubic", "newreno", "bbr"])]
+    pub matrix_congestion: String,
     #[arg(long)]
     pub skip_cc: bool,
     #[arg(long)]
@@ -513,6 +517,12 @@ fn sh(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 fn utc_now() -> String {
     sh("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
 }
@@ -611,7 +621,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Results> {
             ),
             nofile_limit: sh("sh", &["-c", "ulimit -n"]),
             link_seed: link.seed(),
-            matrix_congestion: "cubic".into(),
+            loadavg_start: loadavg(),
+            matrix_congestion: args.matrix_congestion.clone(),
             ..Meta::default()
         },
         plan: plan.clone(),
@@ -627,6 +638,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Results> {
         env.log(format!("run stopped: {e:#}"));
     }
     results.meta.finished_utc = utc_now();
+    results.meta.loadavg_end = loadavg();
     results.meta.duration_secs = env.started.elapsed().as_secs_f64();
     if let Some(err) = link.forwarder_error() {
         results.failures.push(format!("link forwarder: {err}"));
@@ -656,7 +668,8 @@ async fn measure(
     let endpoint = format!("https://{}:{GATEWAY_PORT}", link.b().addr);
     let listen = format!("{}:{GATEWAY_PORT}", link.b().addr);
     let cells: &[Cell] = if args.skip_matrix { &[] } else { &plan.cells };
-    let gw = Gateway::start(env, link, &listen, "cubic", "matrix", stop).await?;
+    let matrix_cc = args.matrix_congestion.as_str();
+    let gw = Gateway::start(env, link, &listen, matrix_cc, "matrix", stop).await?;
     for cell in cells {
         stop.check()?;
         link.set_both(impairment(cell)?);
@@ -669,7 +682,7 @@ async fn measure(
             let spec = WorkerSpec {
                 endpoint: endpoint.clone(),
                 transport,
-                congestion: "cubic",
+                congestion: matrix_cc,
                 phases: if sparse {
                     "connect,rpc,sparse,echo,bulk"
                 } else {

@@ -51,7 +51,20 @@ pub fn ticks(lo: f64, hi: f64, log: bool) -> Vec<f64> {
     }
     if log {
         let (a, b) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
-        return (a..=b.max(a + 1)).map(|e| 10f64.powi(e)).collect();
+        let b = b.max(a + 1);
+        // Up to three decades also get 2x and 5x marks; wider axes only the decades.
+        let steps: &[f64] = if b - a <= 3 { &[1.0, 2.0, 5.0] } else { &[1.0] };
+        let mut out = Vec::new();
+        for e in a..=b {
+            for m in steps {
+                let t = m * 10f64.powi(e);
+                if e == b && *m > 1.0 {
+                    break;
+                }
+                out.push(t);
+            }
+        }
+        return out;
     }
     let span = if hi > lo { hi - lo } else { hi.abs().max(1.0) };
     let raw = span / 5.0;
@@ -288,8 +301,15 @@ mod tests {
 
     #[test]
     fn log_ticks_are_decades() {
-        assert_eq!(ticks(0.8, 65.0, true), vec![0.1, 1.0, 10.0, 100.0]);
-        assert_eq!(ticks(10.0, 10.0, true), vec![10.0, 100.0]);
+        assert_eq!(
+            ticks(0.8, 65.0, true),
+            vec![0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]
+        );
+        assert_eq!(ticks(10.0, 10.0, true), vec![10.0, 20.0, 50.0, 100.0]);
+        assert_eq!(
+            ticks(0.5, 5000.0, true),
+            vec![0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]
+        );
         assert!(ticks(f64::NAN, 1.0, false).is_empty());
     }
 

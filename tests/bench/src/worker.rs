@@ -266,9 +266,16 @@ async fn connect_phase(args: &WorkerArgs, out: &mut ClientRun) {
         conn.close().await;
         let mut zero = Vec::new();
         for _ in 0..args.connects {
+            // One failed sample is recorded and the next one still runs.
             let t0 = Instant::now();
-            let conn = connector.connect().await?;
-            ping(&conn).await?;
+            let conn = match connector.connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    out.errors.push(format!("connect (0-RTT): {e}"));
+                    continue;
+                }
+            };
+            let pinged = ping(&conn).await;
             let took = t0.elapsed();
             let state = tokio::time::timeout(OP_TIMEOUT, conn.zero_rtt_settled())
                 .await
@@ -276,9 +283,13 @@ async fn connect_phase(args: &WorkerArgs, out: &mut ClientRun) {
             if state != ZeroRtt::NotAttempted {
                 out.zero_rtt_attempts += 1;
             }
-            if state == ZeroRtt::Accepted {
-                out.zero_rtt_accepted += 1;
-                zero.push(ms(took));
+            match pinged {
+                Err(e) => out.errors.push(format!("connect (0-RTT): {e:#}")),
+                Ok(()) if state == ZeroRtt::Accepted => {
+                    out.zero_rtt_accepted += 1;
+                    zero.push(ms(took));
+                }
+                Ok(()) => {}
             }
             tokio::time::sleep(ticket_wait).await;
             conn.close().await;
