@@ -123,8 +123,11 @@ impl<R: RecvHalf> http_body::Body for H3Body<R> {
                 }
             }
         }
+        // Only done once the trailers have been polled to completion: they may arrive in a
+        // later packet than the last DATA frame, and a Pending here must be polled again.
+        let trailers = ready!(this.recv.poll_trailers(cx));
         this.done = true;
-        match ready!(this.recv.poll_trailers(cx)) {
+        match trailers {
             Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
             Ok(None) => Poll::Ready(None),
             Err(e) => Poll::Ready(Some(Err(e))),
@@ -200,4 +203,52 @@ where
         let _ = wr.shutdown().await;
     };
     tokio::join!(upstream, downstream);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A fake receive half whose trailers arrive one poll after the data ended, as when the
+    /// last DATA frame and the trailers come in different packets.
+    struct LateTrailers {
+        data: Option<Bytes>,
+        trailer_polls: u32,
+    }
+
+    impl RecvHalf for LateTrailers {
+        fn poll_data(&mut self, _: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>> {
+            Poll::Ready(Ok(self.data.take()))
+        }
+
+        fn poll_trailers(
+            &mut self,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<Option<HeaderMap>, StreamError>> {
+            self.trailer_polls += 1;
+            if self.trailer_polls == 1 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", http::HeaderValue::from_static("0"));
+            Poll::Ready(Ok(Some(t)))
+        }
+    }
+
+    #[test]
+    fn trailers_that_arrive_late_are_not_lost() {
+        let body = H3Body::new(LateTrailers {
+            data: Some(Bytes::from_static(b"payload")),
+            trailer_polls: 0,
+        });
+        let collected = futures::executor::block_on(body.collect()).unwrap();
+        let trailers = collected
+            .trailers()
+            .cloned()
+            .expect("trailers were dropped");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"payload"));
+    }
 }
