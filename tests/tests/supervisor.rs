@@ -121,3 +121,89 @@ async fn a_sandbox_credential_acts_only_for_its_sandbox() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 }
+
+/// The real `openshell-sandbox` binary, run on the host with the environment a compute
+/// driver gives it: it connects with its own credential, survives a gateway restart, and
+/// reports its main process's exit before exiting with the same code.
+#[test]
+fn supervisor_reconnects_after_a_gateway_restart_and_reports_its_main_exit() {
+    let u = CliUser::new();
+    u.run(&["pki", "init"]).ok();
+    let pki = openshell_pki::PkiDir::new(u.default_pki_dir());
+    let state = tempfile::tempdir().unwrap();
+    let spawn = |listen: &str| {
+        Gateway::builder()
+            .pki(pki.path())
+            .state_dir(state.path())
+            .listen(listen)
+            .arg("--shutdown-grace")
+            .arg("1s")
+            .spawn()
+    };
+    let mut gw = spawn("127.0.0.1:0");
+    let addr = gw.addr;
+    let (cert, key, _) = openshell_pki::Ca::load(&pki)
+        .unwrap()
+        .mint_sandbox_credential("sb1", openshell_pki::Duration::parse("1h").unwrap())
+        .unwrap();
+    let stop = u.path("stop-main");
+    let mut sup = std::process::Command::new(openshell_tests::bin("openshell-sandbox"))
+        .env("OPENSHELL_ENDPOINT", format!("https://{addr}"))
+        .env("OPENSHELL_SANDBOX_ID", "sb1")
+        .env("OPENSHELL_SERVER_NAME", "localhost")
+        .env(
+            "OPENSHELL_TLS_CA_PEM",
+            std::fs::read_to_string(pki.ca_cert_path()).unwrap(),
+        )
+        .env("OPENSHELL_TLS_CERT_PEM", &cert)
+        .env("OPENSHELL_TLS_KEY_PEM", &key)
+        .env_remove("RUST_LOG")
+        .args(["--", "sh", "-c"])
+        .arg(format!(
+            "while [ ! -f {} ]; do sleep 0.1; done; exit 3",
+            stop.display()
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let connected = |g: &Gateway| g.logs().matches("supervisor connected").count();
+    openshell_tests::assert_eventually!(
+        std::time::Duration::from_secs(15),
+        connected(&gw) >= 1,
+        "the supervisor never connected:\n{}",
+        gw.logs()
+    );
+    gw.terminate();
+    gw.wait_exit(std::time::Duration::from_secs(15))
+        .expect("gateway did not stop");
+    drop(gw);
+    let gw = spawn(&addr.to_string());
+    openshell_tests::assert_eventually!(
+        std::time::Duration::from_secs(20),
+        connected(&gw) >= 1,
+        "the supervisor did not reconnect to the restarted gateway:\n{}",
+        gw.logs()
+    );
+    std::fs::write(&stop, b"").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = sup.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "supervisor did not exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(3));
+    assert!(
+        gw.logs()
+            .lines()
+            .any(|l| l.contains("main process exited") && l.contains("code=3")),
+        "{}",
+        gw.logs()
+    );
+}

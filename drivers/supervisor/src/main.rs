@@ -1,0 +1,68 @@
+//! `openshell-sandbox [-- COMMAND...]`: the sandbox entrypoint. Starts COMMAND (the sandbox's
+//! main process) if given, keeps the control session with the gateway, and exits with the
+//! main process's exit code once that exit has been reported. Exit 2: bad environment.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    let config = match openshell_supervisor::Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let command: Vec<String> = std::env::args().skip(1).skip_while(|a| a == "--").collect();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let (exit_tx, exit_rx) = tokio::sync::watch::channel(None::<i32>);
+        let main = if command.is_empty() {
+            None
+        } else {
+            match tokio::process::Command::new(&command[0])
+                .args(&command[1..])
+                .spawn()
+            {
+                Ok(child) => Some(child),
+                Err(e) => {
+                    eprintln!(
+                        "error: cannot start the main process `{}`: {e}",
+                        command.join(" ")
+                    );
+                    return ExitCode::from(127);
+                }
+            }
+        };
+        let session = tokio::spawn(openshell_supervisor::session::run(config, exit_rx));
+        let Some(mut child) = main else {
+            let _ = session.await;
+            return ExitCode::SUCCESS;
+        };
+        let code = match child.wait().await {
+            Ok(status) => status.code().unwrap_or(128),
+            Err(_) => 128,
+        };
+        tracing::info!(code, "main process exited");
+        let _ = exit_tx.send(Some(code));
+        // The session reports the exit when connected; do not wait forever when it is not.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), session).await;
+        ExitCode::from(u8::try_from(code).unwrap_or(1))
+    })
+}
