@@ -85,7 +85,7 @@ pub async fn run(
     let compute = Arc::new(compute::Compute::select(config.driver, &config.gateway_id).await?);
     let rpc_metrics = Arc::new(metrics::RpcMetrics::default());
     let facts = services::openshell::GatewayFacts {
-        name: "openshell".into(),
+        name: config.gateway_id.clone(),
         listen_addresses: Vec::new(),
     };
     let mut server_config = ServerConfig::new(config.listen, tls.clone());
