@@ -53,6 +53,7 @@ impl DockerDriver {
                         point DOCKER_HOST at one that runs"
                 .into(),
             ulimits: Vec::new(),
+            extra_hosts: vec!["host.docker.internal:host-gateway".into()],
         };
         Self {
             engine: Engine::new(flavor, config.gateway, config.endpoint, config.containers),

@@ -117,6 +117,10 @@ pub(crate) struct Flavor {
     pub down_hint: String,
     /// Set on every container; empty = the runtime's defaults.
     pub ulimits: Vec<Ulimit>,
+    /// `/etc/hosts` entries added to every container (`NAME:host-gateway` points NAME at the
+    /// host), so the supervisor reaches a gateway on the host by a stable name that the
+    /// gateway's certificate carries.
+    pub extra_hosts: Vec<String>,
 }
 
 /// The shared driver; [`crate::DockerDriver`] and [`crate::PodmanDriver`] wrap it.
@@ -489,6 +493,8 @@ impl Engine {
                 memory,
                 ulimits,
                 network_mode: self.settings.network.clone(),
+                extra_hosts: (!self.flavor.extra_hosts.is_empty())
+                    .then(|| self.flavor.extra_hosts.clone()),
                 // The gateway decides restarts.
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::NO),

@@ -92,6 +92,8 @@ impl PodmanDriver {
                  or point the gateway's podman endpoint at one that runs"
             ),
             ulimits: config.ulimits,
+            // Podman adds host.containers.internal itself.
+            extra_hosts: Vec::new(),
         };
         Self {
             engine: Engine::new(flavor, config.gateway, config.endpoint, config.containers),
