@@ -50,13 +50,35 @@ fn main() -> ExitCode {
                 }
             }
         };
-        let session = tokio::spawn(openshell_supervisor::session::run(config, exit_rx));
+        let mut session = tokio::spawn(openshell_supervisor::session::run(config, exit_rx));
+        // `stop` sends SIGTERM to the supervisor (PID 1): end the main process, report it,
+        // and close the session cleanly so the gateway sees the sandbox go at once.
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot watch for SIGTERM: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let Some(mut child) = main else {
-            let _ = session.await;
+            tokio::select! {
+                _ = term.recv() => {
+                    let _ = exit_tx.send(Some(143));
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut session).await;
+                }
+                _ = &mut session => {}
+            }
             return ExitCode::SUCCESS;
         };
-        let code = match child.wait().await {
-            Ok(status) => status.code().unwrap_or(128),
+        let waited = tokio::select! {
+            r = child.wait() => r,
+            _ = term.recv() => {
+                let _ = child.start_kill();
+                child.wait().await
+            }
+        };
+        let code = match waited {
+            Ok(status) => status.code().unwrap_or(128 + 9),
             Err(_) => 128,
         };
         tracing::info!(code, "main process exited");
