@@ -114,6 +114,21 @@ pub struct Args {
     #[arg(long, alias = "driver", env = "OPENSHELL_DRIVERS", value_enum)]
     pub drivers: Option<DriverChoice>,
 
+    /// Image for sandboxes whose create request names none (built locally by
+    /// scripts/build-sandbox-image; nothing is pulled).
+    #[arg(
+        long,
+        default_value = "openshell/sandbox:dev",
+        env = "OPENSHELL_SANDBOX_IMAGE"
+    )]
+    pub sandbox_image: String,
+
+    /// URL sandboxes dial to reach this gateway. Default: https://host.docker.internal:PORT
+    /// (Docker) or https://host.containers.internal:PORT (Podman); the gateway must then
+    /// listen on an address containers can reach (e.g. --listen 0.0.0.0:17670).
+    #[arg(long, env = "OPENSHELL_SANDBOX_CALLBACK")]
+    pub sandbox_callback: Option<String>,
+
     /// This gateway's id, written into the ownership labels of its workloads.
     #[arg(long, default_value = "openshell", env = "OPENSHELL_GATEWAY_ID")]
     pub gateway_id: String,
@@ -221,6 +236,8 @@ pub struct GatewayConfig {
     pub reload_interval: Duration,
     pub driver: Option<DriverChoice>,
     pub gateway_id: String,
+    pub sandbox_image: String,
+    pub sandbox_callback: Option<String>,
 }
 
 impl Args {
@@ -303,6 +320,8 @@ impl Args {
             reload_interval: self.reload_interval,
             driver: self.drivers,
             gateway_id: self.gateway_id,
+            sandbox_image: self.sandbox_image,
+            sandbox_callback: self.sandbox_callback,
         })
     }
 }

@@ -25,6 +25,10 @@ pub enum GatewayError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Precondition(String),
+    #[error(transparent)]
+    Driver(#[from] openshell_drivers::DriverError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -35,6 +39,20 @@ impl From<GatewayError> for Status {
         match e {
             GatewayError::NotFound(what) => Status::not_found(format!("{what} not found")),
             GatewayError::InvalidArgument(m) => Status::invalid_argument(m),
+            GatewayError::Precondition(m) => Status::failed_precondition(m),
+            GatewayError::Driver(d) => {
+                use openshell_drivers::DriverError as D;
+                let text = d.to_string();
+                match d {
+                    D::ImageNotFound { .. } | D::InvalidName { .. } | D::InvalidSpec(_) => {
+                        Status::invalid_argument(text)
+                    }
+                    D::AlreadyExists { .. } => Status::already_exists(text),
+                    D::NotFound { .. } => Status::not_found(text),
+                    D::RuntimeUnavailable { .. } => Status::unavailable(text),
+                    _ => Status::internal(text),
+                }
+            }
             GatewayError::Store(s) => match s {
                 S::NotFound { .. } => Status::not_found(s.to_string()),
                 S::AlreadyExists { .. } => Status::already_exists(s.to_string()),

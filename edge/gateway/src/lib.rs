@@ -83,6 +83,22 @@ pub async fn run(
     };
 
     let compute = Arc::new(compute::Compute::select(config.driver, &config.gateway_id).await?);
+    let sessions: Arc<dyn sessions::SessionRegistry> = Arc::new(sessions::LocalSessions::default());
+    let callback = Arc::new(std::sync::OnceLock::<String>::new());
+    let sandboxes = Arc::new(services::sandboxes::Sandboxes {
+        store: store.clone(),
+        driver: compute.active.as_ref().map(|(_, d)| d.clone()),
+        sessions: sessions.clone(),
+        minter: config
+            .tls
+            .as_ref()
+            .filter(|t| t.pki_dir.join("ca.key").exists())
+            .map(|t| services::sandboxes::Minter {
+                pki_dir: t.pki_dir.clone(),
+            }),
+        default_image: config.sandbox_image.clone(),
+        callback: callback.clone(),
+    });
     let rpc_metrics = Arc::new(metrics::RpcMetrics::default());
     let facts = services::openshell::GatewayFacts {
         name: config.gateway_id.clone(),
@@ -97,13 +113,19 @@ pub async fn run(
     // it is built with a slot filled right after.
     let facts_slot = Arc::new(std::sync::OnceLock::<services::openshell::GatewayFacts>::new());
     let grpc = build_grpc(
-        store.clone(),
-        secrets,
-        compute,
-        facts_slot.clone(),
-        tls.is_some(),
-        revocations.clone(),
-        rpc_metrics.clone(),
+        services::openshell::OpenShellService {
+            facts: facts_slot.clone(),
+            store: store.clone(),
+            secrets,
+            compute: compute.clone(),
+            sandboxes,
+        },
+        sessions,
+        auth::AuthLayer {
+            tls: tls.is_some(),
+            revocations: revocations.clone(),
+            metrics: rpc_metrics.clone(),
+        },
     );
     let tunnels = Arc::new(tunnels::Tunnels {
         services: config.tunnel_targets.clone(),
@@ -118,6 +140,21 @@ pub async fn run(
     }
     if config.listeners.tcp {
         listening.push(format!("tcp://{addr}"));
+    }
+    let alias = match compute.active.as_ref().map(|(n, _)| *n) {
+        Some("podman") => "host.containers.internal",
+        _ => "host.docker.internal",
+    };
+    let _ = callback.set(
+        config
+            .sandbox_callback
+            .clone()
+            .unwrap_or_else(|| format!("https://{alias}:{}", addr.port())),
+    );
+    if compute.active.is_some() && addr.ip().is_loopback() && config.sandbox_callback.is_none() {
+        tracing::warn!(
+            "containers cannot reach this gateway at {addr}, a loopback address: for sandboxes to connect back, listen on 0.0.0.0 or the container bridge address"
+        );
     }
     let _ = facts_slot.set(services::openshell::GatewayFacts {
         listen_addresses: listening.clone(),
@@ -154,37 +191,19 @@ pub async fn run(
     Ok(())
 }
 
+/// The gRPC services behind the authorization layer.
 fn build_grpc(
-    store: Arc<dyn openshell_store::Store>,
-    secrets: Arc<openshell_store::SecretBox>,
-    compute: Arc<compute::Compute>,
-    facts: Arc<std::sync::OnceLock<services::openshell::GatewayFacts>>,
-    tls: bool,
-    revocations: Arc<auth::Revocations>,
-    rpc_metrics: Arc<metrics::RpcMetrics>,
+    openshell: services::openshell::OpenShellService,
+    sessions: Arc<dyn sessions::SessionRegistry>,
+    auth: auth::AuthLayer,
 ) -> GrpcService {
-    let openshell = services::openshell::OpenShellService {
-        facts,
-        store,
-        secrets,
-        compute,
-    };
     let routes = tonic::service::Routes::new(OpenShellServer::new(openshell))
         .add_service(DiagnosticsServer::new(
             services::diagnostics::DiagnosticsService,
         ))
         .add_service(SupervisorServer::new(
-            services::supervisor::SupervisorService {
-                sessions: Arc::new(sessions::LocalSessions::default()),
-            },
+            services::supervisor::SupervisorService { sessions },
         ))
         .prepare();
-    let layered = tower::ServiceBuilder::new()
-        .layer(auth::AuthLayer {
-            tls,
-            revocations,
-            metrics: rpc_metrics,
-        })
-        .service(routes);
-    GrpcService::new(layered)
+    GrpcService::new(tower::ServiceBuilder::new().layer(auth).service(routes))
 }

@@ -3,4 +3,5 @@
 pub mod diagnostics;
 pub mod openshell;
 pub mod providers;
+pub mod sandboxes;
 pub mod supervisor;

@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use openshell_proto::open_shell_server::OpenShell;
 use openshell_proto::{
-    CreateProviderRequest, DeleteProviderRequest, DeleteProviderResponse, GatewayInfo,
-    GetCurrentUserRequest, GetGatewayInfoRequest, GetProviderRequest, HealthRequest,
-    HealthResponse, ListProvidersRequest, ListProvidersResponse, Principal as WirePrincipal,
-    Provider, ServingStatus, UpdateProviderRequest,
+    CreateProviderRequest, CreateSandboxRequest, DeleteProviderRequest, DeleteProviderResponse,
+    DeleteSandboxRequest, DeleteSandboxResponse, GatewayInfo, GetCurrentUserRequest,
+    GetGatewayInfoRequest, GetProviderRequest, GetSandboxRequest, HealthRequest, HealthResponse,
+    ListProvidersRequest, ListProvidersResponse, ListSandboxesRequest, ListSandboxesResponse,
+    Principal as WirePrincipal, Provider, Sandbox, ServingStatus, StartSandboxRequest,
+    StopSandboxRequest, UpdateProviderRequest,
 };
 use openshell_store::{LabelSelector, Precondition};
 
@@ -31,6 +33,7 @@ pub struct OpenShellService {
     pub store: Arc<dyn openshell_store::Store>,
     pub secrets: Arc<openshell_store::SecretBox>,
     pub compute: Arc<crate::compute::Compute>,
+    pub sandboxes: Arc<super::sandboxes::Sandboxes>,
 }
 
 pub(crate) fn wire_principal(c: &Caller) -> WirePrincipal {
@@ -170,5 +173,58 @@ impl OpenShell for OpenShellService {
             return Err(crate::GatewayError::NotFound(format!("provider '{name}'")).into());
         }
         Ok(Response::new(DeleteProviderResponse { deleted }))
+    }
+
+    async fn create_sandbox(
+        &self,
+        req: Request<CreateSandboxRequest>,
+    ) -> Result<Response<Sandbox>, Status> {
+        Ok(Response::new(
+            self.sandboxes.create(req.into_inner()).await?,
+        ))
+    }
+
+    async fn get_sandbox(
+        &self,
+        req: Request<GetSandboxRequest>,
+    ) -> Result<Response<Sandbox>, Status> {
+        Ok(Response::new(
+            self.sandboxes.get(&req.into_inner().name).await?,
+        ))
+    }
+
+    async fn list_sandboxes(
+        &self,
+        req: Request<ListSandboxesRequest>,
+    ) -> Result<Response<ListSandboxesResponse>, Status> {
+        let r = req.into_inner();
+        let sandboxes = self.sandboxes.list(r.selector, r.limit, r.offset).await?;
+        Ok(Response::new(ListSandboxesResponse { sandboxes }))
+    }
+
+    async fn delete_sandbox(
+        &self,
+        req: Request<DeleteSandboxRequest>,
+    ) -> Result<Response<DeleteSandboxResponse>, Status> {
+        self.sandboxes.delete(&req.into_inner().name).await?;
+        Ok(Response::new(DeleteSandboxResponse { deleted: true }))
+    }
+
+    async fn stop_sandbox(
+        &self,
+        req: Request<StopSandboxRequest>,
+    ) -> Result<Response<Sandbox>, Status> {
+        Ok(Response::new(
+            self.sandboxes.stop(&req.into_inner().name).await?,
+        ))
+    }
+
+    async fn start_sandbox(
+        &self,
+        req: Request<StartSandboxRequest>,
+    ) -> Result<Response<Sandbox>, Status> {
+        Ok(Response::new(
+            self.sandboxes.start(&req.into_inner().name).await?,
+        ))
     }
 }

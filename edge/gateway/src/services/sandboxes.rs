@@ -1,0 +1,384 @@
+//! Sandbox lifecycle over the active compute driver.
+//!
+//! The gateway keeps the record (name, spec, what the user wants: running or stopped); the
+//! runtime keeps the workload; the phase users see is derived on every read from both plus
+//! the supervisor session, so it cannot go stale:
+//!
+//! ```text
+//! wanted running: workload Running + session live  -> Ready
+//!                 workload Running, no session yet -> Provisioning ("waiting for the supervisor")
+//!                 workload exited / missing / bad  -> Error (with the reason)
+//! wanted stopped: workload Stopped                 -> Stopped
+//!                 workload still running           -> Stopping
+//! ```
+//!
+//! At create the gateway mints the sandbox's own credential from its CA and hands it to the
+//! workload with the callback endpoint; the supervisor inside dials back with it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use openshell_drivers::{ComputeDriver, SandboxId, SandboxName, SandboxSpec, WorkloadState};
+use openshell_proto::{
+    CreateSandboxRequest, ObjectMeta, Sandbox, SandboxPhase, SandboxSpec as WireSpec, SandboxStatus,
+};
+use openshell_store::{LabelSelector, NewObject, ObjectKind, Precondition, Store, StoredObject};
+use prost::Message;
+
+use crate::GatewayError;
+use crate::sessions::SessionRegistry;
+
+pub(crate) const KIND: ObjectKind = ObjectKind::SANDBOX;
+
+/// Where the supervisor's main process is in the image built by scripts/build-sandbox-image.
+const SUPERVISOR: &str = "/usr/local/bin/openshell-sandbox";
+/// Lifetime of a minted sandbox credential.
+const CREDENTIAL_VALIDITY: &str = "30d";
+
+/// What a sandbox record stores (prost-encoded).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Record {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(message, optional, tag = "2")]
+    spec: Option<WireSpec>,
+    /// True while the user wants it running (create, start); false after stop.
+    #[prost(bool, tag = "3")]
+    running: bool,
+}
+
+/// Mints per-sandbox credentials from the gateway's CA.
+pub struct Minter {
+    pub pki_dir: std::path::PathBuf,
+}
+
+impl Minter {
+    async fn mint(&self, sandbox_id: &str) -> Result<(String, String, String), GatewayError> {
+        let dir = openshell_pki::PkiDir::new(&self.pki_dir);
+        let id = sandbox_id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let validity = openshell_pki::Duration::parse(CREDENTIAL_VALIDITY)
+                .map_err(|e| GatewayError::Internal(e.to_string()))?;
+            let ca_pem = openshell_pki::fs::read_public(&dir.ca_cert_path())?;
+            let mut ca = openshell_pki::Ca::load(&dir)
+                .map_err(|e| GatewayError::Tls(format!("cannot mint a sandbox credential: {e}")))?;
+            let (cert, key, _serial) = ca
+                .mint_sandbox_credential(&id, validity)
+                .map_err(|e| GatewayError::Tls(format!("cannot mint a sandbox credential: {e}")))?;
+            Ok((String::from_utf8_lossy(&ca_pem).into_owned(), cert, key))
+        })
+        .await
+        .map_err(|e| GatewayError::Internal(e.to_string()))?
+    }
+}
+
+/// Everything the sandbox RPCs use.
+pub struct Sandboxes {
+    pub store: Arc<dyn Store>,
+    pub driver: Option<Arc<dyn ComputeDriver>>,
+    pub sessions: Arc<dyn SessionRegistry>,
+    pub minter: Option<Minter>,
+    /// Image used when the request names none.
+    pub default_image: String,
+    /// The endpoint supervisors dial (`https://host.docker.internal:PORT`), filled once the
+    /// listener is bound.
+    pub callback: Arc<std::sync::OnceLock<String>>,
+}
+
+fn decode(obj: &StoredObject) -> Result<Record, GatewayError> {
+    Record::decode(obj.payload.as_slice()).map_err(|e| {
+        GatewayError::Internal(format!("sandbox record '{}' is unreadable: {e}", obj.name))
+    })
+}
+
+fn phase_of(
+    running: bool,
+    workload: Option<&WorkloadState>,
+    session: bool,
+) -> (SandboxPhase, String) {
+    use SandboxPhase as P;
+    match (running, workload) {
+        (_, None) => (P::Error, "the compute runtime cannot be reached".into()),
+        (true, Some(WorkloadState::Running)) if session => (P::Ready, String::new()),
+        (true, Some(WorkloadState::Running | WorkloadState::Creating)) => (
+            P::Provisioning,
+            "waiting for the supervisor to connect".into(),
+        ),
+        (true, Some(WorkloadState::Stopped { exit_code })) => (
+            P::Error,
+            format!("the main process exited with code {exit_code}"),
+        ),
+        (false, Some(WorkloadState::Stopped { .. })) => (P::Stopped, String::new()),
+        (false, Some(WorkloadState::Running | WorkloadState::Creating)) => {
+            (P::Stopping, String::new())
+        }
+        (_, Some(WorkloadState::Missing)) => (
+            P::Error,
+            "the workload is gone from the runtime: delete the sandbox and create it again".into(),
+        ),
+        (_, Some(WorkloadState::Error(e))) => (P::Error, e.clone()),
+    }
+}
+
+impl Sandboxes {
+    fn driver(&self) -> Result<&Arc<dyn ComputeDriver>, GatewayError> {
+        self.driver.as_ref().ok_or_else(|| {
+            GatewayError::Precondition(
+                "no compute driver is active on this gateway: start Docker or Podman, or choose one with --drivers".into(),
+            )
+        })
+    }
+
+    fn view(
+        &self,
+        obj: &StoredObject,
+        workload: Option<&WorkloadState>,
+        runtime_id: &str,
+    ) -> Result<Sandbox, GatewayError> {
+        let rec = decode(obj)?;
+        let session = self.sessions.get(&rec.id);
+        let (phase, reason) = phase_of(rec.running, workload, session.is_some());
+        Ok(Sandbox {
+            meta: Some(ObjectMeta {
+                id: rec.id.clone(),
+                name: obj.name.clone(),
+                labels: obj.labels.clone().into_iter().collect(),
+                resource_version: obj.resource_version,
+                created_at_ms: obj.created_at_ms,
+                updated_at_ms: obj.updated_at_ms,
+            }),
+            spec: rec.spec,
+            status: Some(SandboxStatus {
+                phase: phase as i32,
+                reason,
+                message: workload.map(|w| w.to_string()).unwrap_or_default(),
+                driver: String::new(),
+                workload_id: runtime_id.to_string(),
+                supervisor_connected: session.is_some(),
+                ssh_host_key: session.map(|s| s.ssh_host_key).unwrap_or_default(),
+                exit_code: match workload {
+                    Some(WorkloadState::Stopped { exit_code }) => *exit_code as i32,
+                    _ => 0,
+                },
+            }),
+        })
+    }
+
+    async fn load(&self, name: &str) -> Result<StoredObject, GatewayError> {
+        self.store
+            .get(&KIND, name)
+            .await?
+            .ok_or_else(|| GatewayError::NotFound(format!("sandbox '{name}'")))
+    }
+
+    async fn observe(&self, obj: &StoredObject) -> Result<Sandbox, GatewayError> {
+        let rec = decode(obj)?;
+        let id = SandboxId::new(rec.id.clone())?;
+        match self.driver()?.get(&id).await {
+            Ok(w) => self.view(obj, Some(&w.state), &w.runtime_id),
+            Err(openshell_drivers::DriverError::NotFound { .. }) => {
+                self.view(obj, Some(&WorkloadState::Missing), "")
+            }
+            Err(e) if e.is_transient() => self.view(obj, None, ""),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn create(&self, req: CreateSandboxRequest) -> Result<Sandbox, GatewayError> {
+        let driver = self.driver()?.clone();
+        let minter = self.minter.as_ref().ok_or_else(|| {
+            GatewayError::Precondition(
+                "sandboxes need the gateway's CA to mint their credentials: run the gateway with TLS from an `openshell pki init` directory".into(),
+            )
+        })?;
+        let callback = self.callback.get().cloned().ok_or_else(|| {
+            GatewayError::Internal("the callback endpoint is not known yet".into())
+        })?;
+        let name = if req.name.is_empty() {
+            format!(
+                "sandbox-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )
+        } else {
+            req.name.clone()
+        };
+        let name = SandboxName::new(name)?;
+        let mut spec = req.spec.unwrap_or_default();
+        if spec.image.is_empty() {
+            spec.image = self.default_image.clone();
+        }
+        if spec.cpu < 0.0 || spec.memory_bytes < 0 {
+            return Err(GatewayError::InvalidArgument(
+                "cpu and memory must not be negative".into(),
+            ));
+        }
+        let id = SandboxId::generate();
+        let record = Record {
+            id: id.as_str().to_string(),
+            spec: Some(spec.clone()),
+            running: true,
+        };
+        let obj = self
+            .store
+            .create(
+                NewObject::new(KIND, name.as_str(), record.encode_to_vec())
+                    .labels(req.labels.clone().into_iter().collect()),
+            )
+            .await?;
+        let result = async {
+            let (ca, cert, key) = minter.mint(id.as_str()).await?;
+            let mut env: BTreeMap<String, String> = spec.env.clone().into_iter().collect();
+            env.insert("OPENSHELL_ENDPOINT".into(), callback);
+            env.insert("OPENSHELL_SANDBOX_ID".into(), id.as_str().to_string());
+            env.insert("OPENSHELL_SANDBOX".into(), name.as_str().to_string());
+            env.insert("OPENSHELL_TLS_CA_PEM".into(), ca);
+            env.insert("OPENSHELL_TLS_CERT_PEM".into(), cert);
+            env.insert("OPENSHELL_TLS_KEY_PEM".into(), key);
+            let mut command = vec![SUPERVISOR.to_string()];
+            if !spec.command.is_empty() {
+                command.push("--".into());
+                command.extend(spec.command.iter().cloned());
+            }
+            let driver_spec = SandboxSpec {
+                image: spec.image.clone(),
+                cpu: (spec.cpu > 0.0).then_some(spec.cpu),
+                memory: (spec.memory_bytes > 0).then_some(spec.memory_bytes as u64),
+                env,
+                labels: req.labels.clone().into_iter().collect(),
+                command,
+            };
+            driver
+                .create(&id, &name, &driver_spec)
+                .await
+                .map_err(GatewayError::from)
+        }
+        .await;
+        match result {
+            Ok(w) => {
+                tracing::info!(sandbox = %name, id = %id, "sandbox created");
+                self.view(&obj, Some(&w.state), &w.runtime_id)
+            }
+            Err(e) => {
+                // Nothing half-created: the driver removed its workload; drop the record.
+                let _ = self
+                    .store
+                    .delete(&KIND, name.as_str(), Precondition::Unconditional)
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Sandbox, GatewayError> {
+        let obj = self.load(name).await?;
+        self.observe(&obj).await
+    }
+
+    pub async fn list(
+        &self,
+        selector: HashMap<String, String>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Sandbox>, GatewayError> {
+        let selector: LabelSelector = selector.into_iter().collect();
+        let objs = self
+            .store
+            .list(
+                &KIND,
+                &selector,
+                (limit > 0).then_some(limit as usize),
+                offset as usize,
+            )
+            .await?;
+        let workloads: Option<HashMap<String, (WorkloadState, String)>> = match &self.driver {
+            Some(d) => d.list().await.ok().map(|ws| {
+                ws.into_iter()
+                    .map(|w| (w.id.as_str().to_string(), (w.state, w.runtime_id)))
+                    .collect()
+            }),
+            None => None,
+        };
+        objs.iter()
+            .map(|obj| {
+                let rec = decode(obj)?;
+                match &workloads {
+                    Some(map) => match map.get(&rec.id) {
+                        Some((state, rid)) => self.view(obj, Some(state), rid),
+                        None => self.view(obj, Some(&WorkloadState::Missing), ""),
+                    },
+                    None => self.view(obj, None, ""),
+                }
+            })
+            .collect()
+    }
+
+    async fn set_running(
+        &self,
+        obj: &StoredObject,
+        running: bool,
+    ) -> Result<StoredObject, GatewayError> {
+        let mut rec = decode(obj)?;
+        rec.running = running;
+        Ok(self
+            .store
+            .update(
+                &KIND,
+                &obj.name,
+                Precondition::ResourceVersion(obj.resource_version),
+                rec.encode_to_vec(),
+                obj.labels.clone(),
+            )
+            .await?)
+    }
+
+    pub async fn stop(&self, name: &str) -> Result<Sandbox, GatewayError> {
+        let obj = self.load(name).await?;
+        let id = SandboxId::new(decode(&obj)?.id)?;
+        let obj = self.set_running(&obj, false).await?;
+        let w = self.driver()?.stop(&id).await?;
+        self.view(&obj, Some(&w.state), &w.runtime_id)
+    }
+
+    pub async fn start(&self, name: &str) -> Result<Sandbox, GatewayError> {
+        let obj = self.load(name).await?;
+        let id = SandboxId::new(decode(&obj)?.id)?;
+        let obj = self.set_running(&obj, true).await?;
+        let w = self.driver()?.start(&id).await?;
+        self.view(&obj, Some(&w.state), &w.runtime_id)
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), GatewayError> {
+        let obj = self.load(name).await?;
+        let id = SandboxId::new(decode(&obj)?.id)?;
+        self.driver()?.delete(&id).await?;
+        self.store
+            .delete(&KIND, name, Precondition::Unconditional)
+            .await?;
+        tracing::info!(sandbox = %name, "sandbox deleted");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_with_a_live_session() {
+        let running = WorkloadState::Running;
+        assert_eq!(phase_of(true, Some(&running), true).0, SandboxPhase::Ready);
+        assert_eq!(
+            phase_of(true, Some(&running), false).0,
+            SandboxPhase::Provisioning
+        );
+        let exited = WorkloadState::Stopped { exit_code: 3 };
+        let (p, why) = phase_of(true, Some(&exited), false);
+        assert_eq!(p, SandboxPhase::Error);
+        assert!(why.contains("code 3"));
+        assert_eq!(
+            phase_of(false, Some(&exited), false).0,
+            SandboxPhase::Stopped
+        );
+        assert_eq!(phase_of(true, None, true).0, SandboxPhase::Error);
+    }
+}
