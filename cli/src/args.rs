@@ -54,6 +54,9 @@ pub enum Command {
     Gateway(commands::gateway::GatewayArgs),
     /// Reachability, authentication and version of the active gateway.
     Status(commands::status::StatusArgs),
+    /// Create, list, inspect, stop, start and delete sandboxes.
+    #[command(visible_alias = "sb")]
+    Sandbox(commands::sandbox::SandboxArgs),
     /// Certificate authority: issue, list, inspect, revoke and rotate certificates.
     Pki(commands::pki::PkiArgs),
     /// Diagnose configuration, credentials and connectivity.

@@ -19,10 +19,17 @@ pub enum CliError {
     Pki(#[from] openshell_pki::PkiError),
     #[error(transparent)]
     Transport(#[from] openshell_transport::TransportError),
+    /// The gateway's answer; printed as one line (its own source chain adds nothing).
     #[error("{}", status_message(.0))]
-    Rpc(#[from] tonic::Status),
+    Rpc(tonic::Status),
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(s: tonic::Status) -> Self {
+        CliError::Rpc(s)
+    }
 }
 
 impl CliError {

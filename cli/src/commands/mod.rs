@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod gateway;
 pub mod gateway_info;
 pub mod pki;
+pub mod sandbox;
 pub mod status;
 
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Gateway(args) => gateway::run(args, &global).await,
         Command::Status(args) => status::run(args, &global).await,
         Command::Pki(args) => pki::run(args, &global).await,
+        Command::Sandbox(args) => sandbox::run(args, &global).await,
         Command::Doctor(args) => doctor::run(args, &global).await,
         Command::Completions(args) => completions::run(args),
     }
