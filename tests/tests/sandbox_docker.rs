@@ -191,6 +191,38 @@ fn sandbox_lifecycle_on_docker() {
             .json();
     assert!(got["reason"].as_str().unwrap().contains("code 3"), "{got}");
 
+    // Its output, through the gateway.
+    s.u.run(&[
+        "sandbox",
+        "create",
+        "--name",
+        "talker",
+        "--no-wait",
+        "--",
+        "sh",
+        "-c",
+        "echo hello-out; echo hello-err >&2; sleep 600",
+    ])
+    .ok();
+    assert_eventually!(
+        Duration::from_secs(30),
+        s.phase("talker") == "Ready",
+        "not Ready: {}",
+        s.phase("talker")
+    );
+    let mut logs = s.u.run(&["sandbox", "logs", "talker"]);
+    for _ in 0..50 {
+        if logs.stdout.contains("hello-out") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        logs = s.u.run(&["sandbox", "logs", "talker"]);
+    }
+    let logs = logs.ok();
+    assert!(logs.stdout.contains("hello-out"), "{}", logs.stdout);
+    assert!(logs.stderr.contains("hello-err"), "{}", logs.stderr);
+    s.u.run(&["sandbox", "delete", "talker"]).ok();
+
     // Bad input: nothing half-created.
     let r = s.u.run(&["sandbox", "create", "--name", "demo"]).fails();
     assert!(r.stderr.contains("already exists"), "{}", r.stderr);

@@ -50,6 +50,16 @@ pub enum SandboxCommand {
         #[arg(long, conflicts_with = "names")]
         all: bool,
     },
+    /// Print a sandbox's output (its main process's stdout and stderr).
+    Logs {
+        name: Option<String>,
+        /// Keep printing new output until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines (0 = all).
+        #[arg(short = 'n', long, default_value_t = 0)]
+        tail: u32,
+    },
     /// Stop a sandbox (its files are kept).
     Stop { name: Option<String> },
     /// Start a stopped sandbox.
@@ -354,6 +364,32 @@ pub async fn run(args: SandboxArgs, global: &GlobalArgs) -> Result<ExitCode, Cli
                 )
                 .await?;
                 eprintln!("✓ Deleted sandbox {name}");
+            }
+        }
+        SandboxCommand::Logs { name, follow, tail } => {
+            use futures::StreamExt;
+            let name = name_or_last(&gw, name)?;
+            let mut lines = call(
+                &conn,
+                api.get_sandbox_logs(openshell_proto::GetSandboxLogsRequest {
+                    name,
+                    follow,
+                    tail,
+                    since_ms: 0,
+                })
+                .await,
+            )
+            .await?;
+            while let Some(line) = lines.next().await {
+                let line = match line {
+                    Ok(l) => l,
+                    Err(s) => return Err(conn.rpc_error(s).await),
+                };
+                if line.source == "stderr" {
+                    eprintln!("{}", line.line);
+                } else {
+                    crate::output::print_stdout(&format!("{}\n", line.line))?;
+                }
             }
         }
         SandboxCommand::Stop { name } => {

@@ -227,4 +227,23 @@ impl OpenShell for OpenShellService {
             self.sandboxes.start(&req.into_inner().name).await?,
         ))
     }
+
+    async fn get_sandbox_logs(
+        &self,
+        req: Request<openshell_proto::GetSandboxLogsRequest>,
+    ) -> Result<
+        Response<
+            std::pin::Pin<
+                Box<dyn futures::Stream<Item = Result<openshell_proto::LogLine, Status>> + Send>,
+            >,
+        >,
+        Status,
+    > {
+        use futures::StreamExt;
+        let r = req.into_inner();
+        let lines = self.sandboxes.logs(&r.name, r.follow, r.tail).await?;
+        Ok(Response::new(
+            lines.map(|l| l.map_err(Status::from)).boxed(),
+        ))
+    }
 }

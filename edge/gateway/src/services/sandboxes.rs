@@ -347,6 +347,40 @@ impl Sandboxes {
         self.view(&obj, Some(&w.state), &w.runtime_id)
     }
 
+    /// The workload's output (stdout and stderr), following it when asked.
+    pub async fn logs(
+        &self,
+        name: &str,
+        follow: bool,
+        tail: u32,
+    ) -> Result<
+        futures::stream::BoxStream<'static, Result<openshell_proto::LogLine, GatewayError>>,
+        GatewayError,
+    > {
+        use futures::StreamExt;
+        let obj = self.load(name).await?;
+        let id = SandboxId::new(decode(&obj)?.id)?;
+        let stream = self.driver()?.logs(&id, follow).await?;
+        let lines = stream.map(|r| {
+            r.map(|l| openshell_proto::LogLine {
+                timestamp_ms: crate::now_ms(),
+                source: match l.stream {
+                    openshell_drivers::OutputStream::Stdout => "stdout".into(),
+                    openshell_drivers::OutputStream::Stderr => "stderr".into(),
+                },
+                line: l.line,
+            })
+            .map_err(GatewayError::from)
+        });
+        if tail == 0 || follow {
+            return Ok(lines.boxed());
+        }
+        // Without follow the stream ends: keep only the last `tail` lines.
+        let all: Vec<_> = lines.collect().await;
+        let skip = all.len().saturating_sub(tail as usize);
+        Ok(futures::stream::iter(all.into_iter().skip(skip)).boxed())
+    }
+
     pub async fn delete(&self, name: &str) -> Result<(), GatewayError> {
         let obj = self.load(name).await?;
         let id = SandboxId::new(decode(&obj)?.id)?;
