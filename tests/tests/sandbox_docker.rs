@@ -257,7 +257,42 @@ fn sandbox_lifecycle_on_docker() {
     gw.wait_exit(Duration::from_secs(15))
         .expect("gateway did not stop");
     drop(gw);
+    // While it is away: the sandbox's container stops, and a workload with this gateway's
+    // labels but no record appears (as a crash between create and record would leave).
+    let stopped = Command::new("docker")
+        .args(["stop", "-t", "1", "openshell-demo"])
+        .output()
+        .unwrap();
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    let orphan = format!("openshell-orphan-{}", std::process::id());
+    let leaked = Command::new("docker")
+        .args(["run", "-d", "--name", &orphan])
+        .args(["--label", "openshell.managed=true"])
+        .args(["--label", &format!("openshell.gateway={}", s.id)])
+        .args(["--label", "openshell.sandbox-id=orphan-1"])
+        .args(["--label", "openshell.sandbox-name=orphan"])
+        .args(["--label", &format!("openshell.image={IMAGE}")])
+        .args([IMAGE, "sh", "-c", "sleep 600"])
+        .output()
+        .unwrap();
+    assert!(
+        leaked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&leaked.stderr)
+    );
     s.gw = Some(s.spawn(&format!("0.0.0.0:{port}")));
+    // The leaked workload is removed; the stopped sandbox, meant to run, is restarted and
+    // its supervisor comes back (below).
+    assert_eventually!(
+        Duration::from_secs(15),
+        !containers(&s.id).contains(&orphan),
+        "the leaked workload was not removed: {:?}",
+        containers(&s.id)
+    );
     assert_eventually!(
         Duration::from_secs(30),
         s.phase("demo") == "Ready",

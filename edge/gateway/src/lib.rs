@@ -112,6 +112,14 @@ pub async fn run(
     // The listen address is known only after binding (port 0), so the service that reports
     // it is built with a slot filled right after.
     let facts_slot = Arc::new(std::sync::OnceLock::<services::openshell::GatewayFacts>::new());
+    {
+        let sandboxes = sandboxes.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sandboxes.reconcile().await {
+                tracing::warn!(error = %e, "cannot reconcile sandboxes with the runtime yet");
+            }
+        });
+    }
     let grpc = build_grpc(
         services::openshell::OpenShellService {
             facts: facts_slot.clone(),

@@ -347,6 +347,45 @@ impl Sandboxes {
         self.view(&obj, Some(&w.state), &w.runtime_id)
     }
 
+    /// Brings workloads in line with records after a gateway start: restarts sandboxes that
+    /// should run but whose workload stopped while the gateway was away, and removes
+    /// workloads of this gateway that have no record (leaks from an interrupted create or
+    /// delete). Running workloads are adopted as they are; their supervisors reconnect, and
+    /// records whose workload is gone show as Error when read.
+    pub async fn reconcile(&self) -> Result<(), GatewayError> {
+        let Some(driver) = &self.driver else {
+            return Ok(());
+        };
+        let records = self
+            .store
+            .list(&KIND, &LabelSelector::everything(), None, 0)
+            .await?;
+        let workloads = driver.list().await?;
+        let mut wanted: HashMap<String, (String, bool)> = HashMap::new();
+        for obj in &records {
+            let rec = decode(obj)?;
+            wanted.insert(rec.id, (obj.name.clone(), rec.running));
+        }
+        for w in workloads {
+            match wanted.get(w.id.as_str()) {
+                None => {
+                    tracing::warn!(id = %w.id, name = %w.name, "removing a workload with no sandbox record");
+                    if let Err(e) = driver.delete(&w.id).await {
+                        tracing::warn!(id = %w.id, error = %e, "cannot remove a leaked workload");
+                    }
+                }
+                Some((name, true)) if matches!(w.state, WorkloadState::Stopped { .. }) => {
+                    tracing::info!(sandbox = %name, "restarting a sandbox that stopped while the gateway was away");
+                    if let Err(e) = driver.start(&w.id).await {
+                        tracing::warn!(sandbox = %name, error = %e, "cannot restart the sandbox");
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The workload's output (stdout and stderr), following it when asked.
     pub async fn logs(
         &self,
