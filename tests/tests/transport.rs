@@ -112,7 +112,7 @@ async fn unimplemented_rpcs_say_so() {
         .await
         .unwrap();
     let err = OpenShellClient::new(conn.channel())
-        .list_sandboxes(openshell_proto::ListSandboxesRequest::default())
+        .get_inference(openshell_proto::GetInferenceRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
