@@ -191,6 +191,44 @@ fn sandbox_lifecycle_on_docker() {
             .json();
     assert!(got["reason"].as_str().unwrap().contains("code 3"), "{got}");
 
+    // A watch sees a new sandbox come up and go away.
+    let mut watch =
+        s.u.command()
+            .args(["sandbox", "watch", "watched"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let watch_out = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(watch_out)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines: Vec<String> = Vec::new();
+    let wait_for = |lines: &mut Vec<String>, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !lines.iter().any(|l| l.contains(what)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => lines.push(l),
+                Err(_) => panic!("no '{what}' event; watch printed {lines:?}"),
+            }
+        }
+    };
+    s.u.run(&["sandbox", "create", "--name", "watched", "--no-wait"])
+        .ok();
+    wait_for(&mut lines, "watched Ready");
+    s.u.run(&["sandbox", "delete", "watched"]).ok();
+    wait_for(&mut lines, "DELETED watched");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(lines[0].starts_with("ADDED watched"), "{lines:?}");
+
     // Its output, through the gateway.
     s.u.run(&[
         "sandbox",

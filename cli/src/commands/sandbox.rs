@@ -60,6 +60,13 @@ pub enum SandboxCommand {
         #[arg(short = 'n', long, default_value_t = 0)]
         tail: u32,
     },
+    /// Follow status changes (one line per change) until interrupted.
+    Watch {
+        /// Only this sandbox (default: all).
+        name: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        selector: Vec<String>,
+    },
     /// Stop a sandbox (its files are kept).
     Stop { name: Option<String> },
     /// Start a stopped sandbox.
@@ -390,6 +397,38 @@ pub async fn run(args: SandboxArgs, global: &GlobalArgs) -> Result<ExitCode, Cli
                 } else {
                     crate::output::print_stdout(&format!("{}\n", line.line))?;
                 }
+            }
+        }
+        SandboxCommand::Watch { name, selector } => {
+            use futures::StreamExt;
+            let mut events = call(
+                &conn,
+                api.watch_sandboxes(openshell_proto::WatchSandboxesRequest {
+                    name: name.unwrap_or_default(),
+                    selector: pairs("--selector", &selector)?,
+                })
+                .await,
+            )
+            .await?;
+            while let Some(event) = events.next().await {
+                let event = match event {
+                    Ok(e) => e,
+                    Err(s) => return Err(conn.rpc_error(s).await),
+                };
+                let kind = match event.kind() {
+                    openshell_proto::sandbox_event::Kind::Added => "ADDED",
+                    openshell_proto::sandbox_event::Kind::Modified => "MODIFIED",
+                    openshell_proto::sandbox_event::Kind::Deleted => "DELETED",
+                    openshell_proto::sandbox_event::Kind::Unspecified => "UNKNOWN",
+                };
+                let sb = event.sandbox.unwrap_or_default();
+                let v = view(&sb);
+                let line = if kind == "DELETED" {
+                    format!("{kind} {}", v.name)
+                } else {
+                    format!("{kind} {} {} {}", v.name, v.phase, v.reason)
+                };
+                crate::output::print_stdout(&format!("{}\n", line.trim_end()))?;
             }
         }
         SandboxCommand::Stop { name } => {

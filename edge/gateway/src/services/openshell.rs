@@ -246,4 +246,26 @@ impl OpenShell for OpenShellService {
             lines.map(|l| l.map_err(Status::from)).boxed(),
         ))
     }
+
+    async fn watch_sandboxes(
+        &self,
+        req: Request<openshell_proto::WatchSandboxesRequest>,
+    ) -> Result<
+        Response<
+            std::pin::Pin<
+                Box<
+                    dyn futures::Stream<Item = Result<openshell_proto::SandboxEvent, Status>>
+                        + Send,
+                >,
+            >,
+        >,
+        Status,
+    > {
+        use futures::StreamExt;
+        let r = req.into_inner();
+        let events = self.sandboxes.watch(r.name, r.selector);
+        Ok(Response::new(
+            events.map(|e| e.map_err(Status::from)).boxed(),
+        ))
+    }
 }

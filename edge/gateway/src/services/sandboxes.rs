@@ -386,6 +386,79 @@ impl Sandboxes {
         Ok(())
     }
 
+    /// A stream of status changes: every matching sandbox as ADDED, then MODIFIED whenever
+    /// its phase, reason or supervisor connection changes, and DELETED when it goes. Status is
+    /// derived (record + workload + session), so it is re-derived on a short interval and
+    /// diffed; the stream ends when the client goes away.
+    pub fn watch(
+        self: &Arc<Self>,
+        name: String,
+        selector: HashMap<String, String>,
+    ) -> futures::stream::BoxStream<'static, Result<openshell_proto::SandboxEvent, GatewayError>>
+    {
+        use openshell_proto::sandbox_event::Kind;
+        let this = self.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut known: HashMap<String, (i32, String, bool)> = HashMap::new();
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let current = match this.list(selector.clone(), 0, 0).await {
+                    Ok(list) => list,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let mut seen = std::collections::HashSet::new();
+                for sb in current {
+                    let meta = sb.meta.clone().unwrap_or_default();
+                    if !name.is_empty() && meta.name != name {
+                        continue;
+                    }
+                    let st = sb.status.clone().unwrap_or_default();
+                    let key = (st.phase, st.reason.clone(), st.supervisor_connected);
+                    seen.insert(meta.name.clone());
+                    let kind = match known.insert(meta.name.clone(), key.clone()) {
+                        None => Kind::Added,
+                        Some(old) if old != key => Kind::Modified,
+                        Some(_) => continue,
+                    };
+                    let event = openshell_proto::SandboxEvent {
+                        kind: kind as i32,
+                        sandbox: Some(sb),
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                let gone: Vec<String> = known
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                for g in gone {
+                    known.remove(&g);
+                    let event = openshell_proto::SandboxEvent {
+                        kind: Kind::Deleted as i32,
+                        sandbox: Some(Sandbox {
+                            meta: Some(ObjectMeta {
+                                name: g,
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        futures::StreamExt::boxed(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
     /// The workload's output (stdout and stderr), following it when asked.
     pub async fn logs(
         &self,

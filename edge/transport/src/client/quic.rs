@@ -134,10 +134,7 @@ pub(super) fn classify(err: &quinn::ConnectionError) -> TransportError {
         {
             TransportError::ServerCertificate(text)
         }
-        quinn::ConnectionError::TimedOut => TransportError::Unreachable {
-            addr: "gateway".into(),
-            detail: "no answer over QUIC (UDP)".into(),
-        },
+        quinn::ConnectionError::TimedOut => TransportError::Closed(text),
         _ => TransportError::Closed(text),
     }
 }
