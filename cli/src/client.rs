@@ -126,18 +126,23 @@ pub async fn connect(
     })
 }
 
+/// Turns a failed RPC into the error users should see: the connection's close reason
+/// (e.g. a rejected certificate) when that is what happened.
+pub async fn rpc_error(conn: &Connection, status: tonic::Status) -> CliError {
+    if let Some(reason) = conn.explain(&status) {
+        return reason.into();
+    }
+    // The close frame may trail the failed stream by a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    match conn.explain(&status) {
+        Some(reason) => reason.into(),
+        None => status.into(),
+    }
+}
+
 impl GatewayConnection {
-    /// Turns a failed RPC into the error users should see: the connection's close reason
-    /// (e.g. a rejected certificate) when that is what happened.
+    /// [`rpc_error`] for this connection.
     pub async fn rpc_error(&self, status: tonic::Status) -> CliError {
-        if let Some(reason) = self.conn.explain(&status) {
-            return reason.into();
-        }
-        // The close frame may trail the failed stream by a moment.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        match self.conn.explain(&status) {
-            Some(reason) => reason.into(),
-            None => status.into(),
-        }
+        rpc_error(&self.conn, status).await
     }
 }

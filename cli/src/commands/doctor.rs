@@ -223,11 +223,7 @@ async fn check_network(gw: &ResolvedGateway, report: &mut Report) {
                         authenticated.get_or_insert(info.into_inner());
                     }
                     Err(status) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        let why = conn
-                            .explain(&status)
-                            .map(|e| e.to_string())
-                            .unwrap_or_else(|| CliError::from(status).to_string());
+                        let why = crate::client::rpc_error(&conn, status).await;
                         report.add(name, Verdict::Fail, format!("reachable, but {why}"));
                     }
                 }
