@@ -19,12 +19,29 @@ pub struct Compute {
     pub active: Option<(&'static str, Arc<dyn ComputeDriver>)>,
 }
 
-fn build(name: &'static str, gateway: &GatewayId) -> Result<Arc<dyn ComputeDriver>, GatewayError> {
+/// Runtime settings of the drivers (each has working defaults).
+#[derive(Debug, Clone, Default)]
+pub struct DriverSettings {
+    /// Podman's API socket; `None` = the default discovery of `PodmanConfig::new`.
+    pub podman_socket: Option<std::path::PathBuf>,
+}
+
+fn build(
+    name: &'static str,
+    gateway: &GatewayId,
+    settings: &DriverSettings,
+) -> Result<Arc<dyn ComputeDriver>, GatewayError> {
     let driver: Arc<dyn ComputeDriver> = match name {
         "docker" => Arc::new(DockerDriver::new(
             DockerConfig::new(gateway.clone()).map_err(|e| GatewayError::Config(e.to_string()))?,
         )),
-        "podman" => Arc::new(PodmanDriver::new(PodmanConfig::new(gateway.clone()))),
+        "podman" => {
+            let mut config = PodmanConfig::new(gateway.clone());
+            if let Some(socket) = &settings.podman_socket {
+                config.endpoint = openshell_driver_docker::Endpoint::Unix(socket.clone());
+            }
+            Arc::new(PodmanDriver::new(config))
+        }
         other => {
             return Err(GatewayError::Config(format!(
                 "the {other} compute driver is not part of this build yet: use docker or podman"
@@ -41,11 +58,12 @@ impl Compute {
     pub async fn select(
         choice: Option<DriverChoice>,
         gateway: &str,
+        settings: &DriverSettings,
     ) -> Result<Compute, GatewayError> {
         let gateway = GatewayId::new(gateway).map_err(|e| GatewayError::Config(e.to_string()))?;
         if let Some(choice) = choice {
             let name = choice.name();
-            let driver = build(name, &gateway)?;
+            let driver = build(name, &gateway, settings)?;
             let info = driver.info().await;
             if let DriverHealth::Unhealthy(why) = &info.health {
                 tracing::warn!(driver = name, reason = %why, "compute driver is not healthy yet");
@@ -55,7 +73,7 @@ impl Compute {
             });
         }
         for name in COMPILED {
-            let driver = build(name, &gateway)?;
+            let driver = build(name, &gateway, settings)?;
             if driver.info().await.is_healthy() {
                 tracing::info!(driver = name, "compute driver auto-detected");
                 return Ok(Compute {

@@ -114,6 +114,11 @@ pub struct Args {
     #[arg(long, alias = "driver", env = "OPENSHELL_DRIVERS", value_enum)]
     pub drivers: Option<DriverChoice>,
 
+    /// Podman API socket. Default: $XDG_RUNTIME_DIR/podman/podman.sock if it exists, else
+    /// /run/podman/podman.sock.
+    #[arg(long, env = "OPENSHELL_PODMAN_SOCKET")]
+    pub podman_socket: Option<PathBuf>,
+
     /// Image for sandboxes whose create request names none (built locally by
     /// scripts/build-sandbox-image; nothing is pulled).
     #[arg(
@@ -238,6 +243,7 @@ pub struct GatewayConfig {
     pub gateway_id: String,
     pub sandbox_image: String,
     pub sandbox_callback: Option<String>,
+    pub podman_socket: Option<PathBuf>,
 }
 
 impl Args {
@@ -322,6 +328,7 @@ impl Args {
             gateway_id: self.gateway_id,
             sandbox_image: self.sandbox_image,
             sandbox_callback: self.sandbox_callback,
+            podman_socket: self.podman_socket,
         })
     }
 }
