@@ -1086,62 +1086,6 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-/// Driver create-to-Running against a bare `run -d` of the same image and command through
-/// the runtime's CLI, alternating, five of each.
-async fn create_time_against_a_bare_run(rt: &'static Runtime) {
-    let h = RealHarness::new(rt);
-    let d = h.driver();
-    let label = format!("{LABEL_GATEWAY}={}", h.gateway);
-    let (mut ours, mut bare) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        let id = SandboxId::generate();
-        let t = Instant::now();
-        let st = d.create(&id, &name("timing"), &spec(&h)).await.unwrap();
-        ours.push(t.elapsed());
-        assert_eq!(st.state, WorkloadState::Running);
-        d.delete(&id).await.unwrap();
-
-        let t = Instant::now();
-        let out = rt
-            .cli_async(&[
-                "run", "-d", "--label", &label, TEST_IMAGE, "/bin/sh", "-c", MAIN,
-            ])
-            .await;
-        bare.push(t.elapsed());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let container = String::from_utf8(out.stdout).unwrap();
-        rt.cli_async(&["rm", "-f", container.trim()]).await;
-    }
-    let (o, b) = (median(ours.clone()), median(bare.clone()));
-    eprintln!(
-        "{:?}: driver create-to-Running median {o:?} {ours:?}; bare CLI `run -d` median {b:?} {bare:?}",
-        rt.kind
-    );
-    assert!(
-        o < b * 3 + Duration::from_secs(2),
-        "the driver is far slower than the CLI"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_create_time_against_docker_run() {
-    create_time_against_a_bare_run(Runtime::docker()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn podman_create_time_against_podman_run() {
-    create_time_against_a_bare_run(Runtime::podman()).await;
-}
-
 /// The driver's own ulimits let containers start on a service with no containers.conf.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_starts_containers_without_a_containers_conf() {
