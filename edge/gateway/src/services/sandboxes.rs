@@ -404,18 +404,20 @@ impl Sandboxes {
     }
 
     pub async fn stop(&self, name: &str) -> Result<Sandbox, GatewayError> {
+        // The runtime first: if it cannot stop the workload, the record still says what is
+        // true (running) and the user gets the runtime's error.
         let obj = self.load(name).await?;
         let id = SandboxId::new(decode(&obj)?.id)?;
-        let obj = self.set_running(&obj, false).await?;
         let w = self.driver()?.stop(&id).await?;
+        let obj = self.set_running(&obj, false).await?;
         self.view(&obj, Some(&w.state), &w.runtime_id)
     }
 
     pub async fn start(&self, name: &str) -> Result<Sandbox, GatewayError> {
         let obj = self.load(name).await?;
         let id = SandboxId::new(decode(&obj)?.id)?;
-        let obj = self.set_running(&obj, true).await?;
         let w = self.driver()?.start(&id).await?;
+        let obj = self.set_running(&obj, true).await?;
         self.view(&obj, Some(&w.state), &w.runtime_id)
     }
 
