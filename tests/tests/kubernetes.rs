@@ -654,23 +654,12 @@ impl Setup {
     }
 
     fn spawn(&self) -> Gateway {
+        // The supervisor runs on this host (the test is the node): it dials 127.0.0.1.
         Gateway::builder()
             .pki(&self.u.default_pki_dir())
             .state_dir(self.state.path())
             .listen(&format!("127.0.0.1:{}", self.port))
-            .arg("--drivers")
-            .arg("kubernetes")
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig.to_str().unwrap())
-            .arg("--k8s-namespace")
-            .arg(&self.ns)
-            // The supervisor runs on this host (the test is the node).
-            .arg("--sandbox-callback")
-            .arg(&format!("https://127.0.0.1:{}", self.port))
-            .arg("--gateway-id")
-            .arg(&self.id)
-            .arg("--shutdown-grace")
-            .arg("1s")
+            .args_for_kube(&self.kubeconfig, &self.ns, self.port, &self.id)
             .spawn()
     }
 
@@ -837,4 +826,232 @@ fn the_gateway_refuses_a_missing_kubeconfig_and_reports_a_namespace_that_is_not_
     );
     let list = u.run(&["sandbox", "list", "-o", "json"]).ok().json();
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+}
+
+/// A gateway on `cluster` through `kubeconfig` (no `--drivers`: auto-detection) with a CLI
+/// user registered with it.
+fn gateway_with(kubeconfig: &Path, ns: &str, extra: &[&str]) -> (CliUser, Gateway) {
+    let u = CliUser::new();
+    u.run(&["pki", "init"]).ok();
+    let port = free_port();
+    let mut b = Gateway::builder()
+        .pki(&u.default_pki_dir())
+        .listen(&format!("127.0.0.1:{port}"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig.to_str().unwrap())
+        .arg("--k8s-namespace")
+        .arg(ns)
+        .arg("--sandbox-callback")
+        .arg(&format!("https://127.0.0.1:{port}"))
+        .arg("--gateway-id")
+        .arg(&format!("gw-{}", random_hex(4)));
+    for a in extra {
+        b = b.arg(a);
+    }
+    let gw = b.spawn();
+    u.run(&["pki", "issue", "alice", "--gateway", "local"]).ok();
+    u.run(&[
+        "gateway",
+        "add",
+        &format!("https://127.0.0.1:{port}"),
+        "--name",
+        "local",
+    ])
+    .ok();
+    (u, gw)
+}
+
+fn active_driver(u: &CliUser) -> serde_json::Value {
+    let info = u.run(&["gateway", "info", "-o", "json"]).ok().json();
+    info["compute_drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["active"] == true)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn a_given_kubeconfig_is_auto_detected_and_an_apiserver_outage_keeps_the_records() {
+    // A cluster of its own: this test stops its apiserver.
+    let c = KubeCluster::start();
+    let ns = c.create_namespace("outage");
+    let (u, gw) = gateway_with(&c.kubeconfig(ADMIN, "default"), &ns, &[]);
+    // No --drivers, but a kubeconfig: Kubernetes first.
+    let active = active_driver(&u);
+    assert_eq!(active["name"], "kubernetes", "{active}\n{}", gw.logs());
+    assert_eq!(active["health"], "ok", "{active}");
+
+    u.run(&["sandbox", "create", "--name", "kept", "--no-wait"])
+        .ok();
+    let phase = |u: &CliUser| u.run(&["sandbox", "get", "kept", "-o", "json"]).ok().json();
+    assert_eq!(phase(&u)["phase"], "Provisioning", "{}", phase(&u));
+
+    c.stop_apiserver();
+    // Reads still answer from the records and say what is wrong.
+    let got = phase(&u);
+    assert_eq!(got["phase"], "Error", "{got}");
+    assert!(
+        got["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be reached"),
+        "{got}"
+    );
+    let active = active_driver(&u);
+    assert!(
+        active["health"].as_str().unwrap().contains(&c.url),
+        "{active}"
+    );
+    let r = u
+        .run(&["sandbox", "create", "--name", "later", "--no-wait"])
+        .fails();
+    assert!(
+        r.stderr.contains("kubernetes is not reachable") && r.stderr.contains(&c.url),
+        "{}",
+        r.stderr
+    );
+
+    c.start_apiserver();
+    assert_eventually!(
+        Duration::from_secs(20),
+        phase(&u)["phase"] == "Provisioning",
+        "not back: {}",
+        phase(&u)
+    );
+    let list = u.run(&["sandbox", "list", "-o", "json"]).ok().json();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kept"], "the failed create left a record: {list}");
+    assert_eq!(c.names(&ns, "pods"), ["openshell-kept"]);
+    assert_eq!(c.names(&ns, "secrets"), ["openshell-kept"]);
+}
+
+#[test]
+fn without_rights_the_gateway_says_so_and_leaves_nothing() {
+    let c = KubeCluster::shared();
+    let ns = namespace(c, "rbac");
+    let (u, _gw) = gateway_with(
+        &c.kubeconfig(NOBODY, "default"),
+        &ns,
+        &["--drivers", "kubernetes"],
+    );
+    let r = u
+        .run(&["sandbox", "create", "--name", "denied", "--no-wait"])
+        .fails();
+    assert!(
+        r.stderr.contains("403 Forbidden") && r.stderr.contains("RBAC"),
+        "{}",
+        r.stderr
+    );
+    let list = u.run(&["sandbox", "list", "-o", "json"]).ok().json();
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+    assert!(c.names(&ns, "pods").is_empty());
+    assert!(c.names(&ns, "secrets").is_empty());
+}
+
+#[test]
+fn a_restarted_gateway_removes_leaked_pods_and_recreates_missing_ones() {
+    let c = KubeCluster::shared();
+    let ns = namespace(c, "reconcile");
+    let state = tempfile::tempdir().unwrap();
+    let kubeconfig = c.kubeconfig(ADMIN, "default");
+    let u = CliUser::new();
+    u.run(&["pki", "init"]).ok();
+    let port = free_port();
+    let id = format!("gw-{}", random_hex(4));
+    let spawn = || {
+        Gateway::builder()
+            .pki(&u.default_pki_dir())
+            .state_dir(state.path())
+            .listen(&format!("127.0.0.1:{port}"))
+            .args_for_kube(&kubeconfig, &ns, port, &id)
+            .spawn()
+    };
+    let mut gw = spawn();
+    u.run(&["pki", "issue", "alice", "--gateway", "local"]).ok();
+    u.run(&[
+        "gateway",
+        "add",
+        &format!("https://127.0.0.1:{port}"),
+        "--name",
+        "local",
+    ])
+    .ok();
+    u.run(&["sandbox", "create", "--name", "kept", "--no-wait"])
+        .ok();
+    let first_uid = c.api(
+        "GET",
+        &format!("/api/v1/namespaces/{ns}/pods/openshell-kept"),
+        None,
+    )["metadata"]["uid"]
+        .clone();
+
+    gw.terminate();
+    gw.wait_exit(Duration::from_secs(15))
+        .expect("gateway did not stop");
+    drop(gw);
+    // While it is away: its sandbox's pod goes, and a pod with its labels but no record
+    // appears (as a crash between create and record would leave).
+    c.api(
+        "DELETE",
+        &format!("/api/v1/namespaces/{ns}/pods/openshell-kept"),
+        None,
+    );
+    let orphan = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "openshell-orphan", "labels": {
+            "openshell.managed": "true", "openshell.gateway": id,
+            "openshell.sandbox-id": "orphan-1", "openshell.sandbox-name": "orphan"}},
+        "spec": {"automountServiceAccountToken": false,
+            "containers": [{"name": "sandbox", "image": "x"}]}});
+    let made = c.api(
+        "POST",
+        &format!("/api/v1/namespaces/{ns}/pods"),
+        Some(&orphan.to_string()),
+    );
+    assert_eq!(made["metadata"]["name"], "openshell-orphan", "{made}");
+    assert_eq!(c.names(&ns, "pods"), ["openshell-orphan"]);
+
+    let gw = spawn();
+    assert_eventually!(
+        Duration::from_secs(20),
+        c.names(&ns, "pods") == ["openshell-kept"],
+        "pods after the restart: {:?}\n{}",
+        c.names(&ns, "pods"),
+        gw.logs()
+    );
+    let uid = c.api(
+        "GET",
+        &format!("/api/v1/namespaces/{ns}/pods/openshell-kept"),
+        None,
+    )["metadata"]["uid"]
+        .clone();
+    assert_ne!(uid, first_uid, "the pod was recreated");
+}
+
+/// The flags every gateway of these tests gets.
+trait KubeArgs {
+    fn args_for_kube(self, kubeconfig: &Path, ns: &str, port: u16, id: &str) -> Self;
+}
+
+impl KubeArgs for openshell_tests::gateway::GatewayBuilder {
+    fn args_for_kube(self, kubeconfig: &Path, ns: &str, port: u16, id: &str) -> Self {
+        self.arg("--drivers")
+            .arg("kubernetes")
+            .arg("--kubeconfig")
+            .arg(kubeconfig.to_str().unwrap())
+            .arg("--k8s-namespace")
+            .arg(ns)
+            .arg("--sandbox-callback")
+            .arg(&format!("https://127.0.0.1:{port}"))
+            .arg("--gateway-id")
+            .arg(id)
+            .arg("--shutdown-grace")
+            .arg("1s")
+    }
 }
