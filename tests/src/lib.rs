@@ -22,6 +22,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 pub mod cli;
 pub mod gateway;
+pub mod kube;
 pub mod nginx;
 pub mod sandboxes;
 pub mod testpki;

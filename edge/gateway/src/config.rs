@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use openshell_driver_kubernetes::PullPolicy;
 use openshell_transport::{Congestion, Listeners, QuicTuning};
 
 use crate::GatewayError;
@@ -109,8 +110,8 @@ pub struct Args {
     #[arg(long, default_value = "cubic", env = "OPENSHELL_CONGESTION")]
     pub congestion: Congestion,
 
-    /// Compute driver: docker, podman, kubernetes or vm. Default: auto-detect (Podman, then
-    /// Docker, whichever runtime answers).
+    /// Compute driver: docker, podman, kubernetes or vm. Default: auto-detect (Kubernetes when
+    /// in a cluster or given --kubeconfig, then Podman, then Docker, whichever answers).
     #[arg(long, alias = "driver", env = "OPENSHELL_DRIVERS", value_enum)]
     pub drivers: Option<DriverChoice>,
 
@@ -133,6 +134,38 @@ pub struct Args {
     /// listen on an address containers can reach (e.g. --listen 0.0.0.0:17670).
     #[arg(long, env = "OPENSHELL_SANDBOX_CALLBACK")]
     pub sandbox_callback: Option<String>,
+
+    /// Kubernetes driver: the kubeconfig to use (its current context). Default: in a cluster
+    /// (KUBERNETES_SERVICE_HOST set) the Pod's service account, else what kubectl uses
+    /// (KUBECONFIG or ~/.kube/config). Giving it makes auto-detection try Kubernetes first.
+    #[arg(long, env = "OPENSHELL_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubernetes driver: namespace of the sandbox Pods and Secrets; it must exist.
+    /// Default: the kubeconfig context's namespace (in a cluster: the gateway's own), else
+    /// `default`.
+    #[arg(long, env = "OPENSHELL_K8S_NAMESPACE")]
+    pub k8s_namespace: Option<String>,
+
+    /// Kubernetes driver: service account of the sandbox Pods (its token is never mounted).
+    /// Default: the namespace's `default`.
+    #[arg(long, env = "OPENSHELL_K8S_SERVICE_ACCOUNT")]
+    pub k8s_service_account: Option<String>,
+
+    /// Kubernetes driver: RuntimeClass of the sandbox Pods (gVisor, Kata, ...). Default: the
+    /// node's runtime.
+    #[arg(long, env = "OPENSHELL_K8S_RUNTIME_CLASS")]
+    pub k8s_runtime_class: Option<String>,
+
+    /// Kubernetes driver: image pull policy of the sandbox containers: Always,
+    /// IfNotPresent or Never.
+    #[arg(
+        long,
+        default_value = "IfNotPresent",
+        env = "OPENSHELL_K8S_IMAGE_PULL_POLICY",
+        value_parser = parse_pull_policy
+    )]
+    pub k8s_image_pull_policy: PullPolicy,
 
     /// This gateway's id, written into the ownership labels of its workloads.
     #[arg(long, default_value = "openshell", env = "OPENSHELL_GATEWAY_ID")]
@@ -172,6 +205,33 @@ impl DriverChoice {
 pub enum LogFormat {
     Human,
     Json,
+}
+
+fn parse_pull_policy(s: &str) -> Result<PullPolicy, String> {
+    s.parse()
+}
+
+/// Settings of the Kubernetes driver (used when it is selected or auto-detected).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubernetesSettings {
+    /// `--kubeconfig`; `None` = in-cluster when [`in_cluster`](Self::in_cluster), else what
+    /// kubectl would use.
+    pub kubeconfig: Option<PathBuf>,
+    /// Whether the gateway runs in a Pod (`KUBERNETES_SERVICE_HOST` is set).
+    pub in_cluster: bool,
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
+    pub runtime_class: Option<String>,
+    pub image_pull_policy: PullPolicy,
+}
+
+impl KubernetesSettings {
+    /// Whether auto-detection may try Kubernetes: only when a cluster was configured on
+    /// purpose (a kubeconfig given, or running inside one), never from a stray
+    /// ~/.kube/config.
+    pub fn configured(&self) -> bool {
+        self.kubeconfig.is_some() || self.in_cluster
+    }
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h`.
@@ -244,6 +304,7 @@ pub struct GatewayConfig {
     pub sandbox_image: String,
     pub sandbox_callback: Option<String>,
     pub podman_socket: Option<PathBuf>,
+    pub kubernetes: KubernetesSettings,
 }
 
 impl Args {
@@ -329,6 +390,15 @@ impl Args {
             sandbox_image: self.sandbox_image,
             sandbox_callback: self.sandbox_callback,
             podman_socket: self.podman_socket,
+            kubernetes: KubernetesSettings {
+                kubeconfig: self.kubeconfig,
+                in_cluster: std::env::var_os("KUBERNETES_SERVICE_HOST")
+                    .is_some_and(|v| !v.is_empty()),
+                namespace: self.k8s_namespace,
+                service_account: self.k8s_service_account,
+                runtime_class: self.k8s_runtime_class,
+                image_pull_policy: self.k8s_image_pull_policy,
+            },
         })
     }
 }

@@ -89,6 +89,7 @@ pub async fn run(
             &config.gateway_id,
             &compute::DriverSettings {
                 podman_socket: config.podman_socket.clone(),
+                kubernetes: config.kubernetes.clone(),
             },
         )
         .await?,
@@ -176,7 +177,20 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| format!("https://{alias}:{}", addr.port())),
     );
-    if compute.active.is_some() && addr.ip().is_loopback() && config.sandbox_callback.is_none() {
+    let on_kubernetes = compute
+        .active
+        .as_ref()
+        .is_some_and(|(n, _)| *n == "kubernetes");
+    if on_kubernetes && config.sandbox_callback.is_none() {
+        // No host alias exists in a cluster: only the operator knows the Service or
+        // address that Pods reach the gateway by.
+        tracing::warn!(
+            "sandbox pods cannot know how to reach this gateway: pass --sandbox-callback https://ADDRESS:PORT (e.g. the gateway's Service)"
+        );
+    } else if compute.active.is_some()
+        && addr.ip().is_loopback()
+        && config.sandbox_callback.is_none()
+    {
         tracing::warn!(
             "containers cannot reach this gateway at {addr}, a loopback address: for sandboxes to connect back, listen on 0.0.0.0 or the container bridge address"
         );
