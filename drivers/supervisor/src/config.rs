@@ -8,9 +8,12 @@
 //! | `OPENSHELL_TLS_CA` / `_CERT` / `_KEY` | PEM file paths of the gateway CA and this sandbox's credential |
 //! | `OPENSHELL_TLS_CA_PEM` / `_CERT_PEM` / `_KEY_PEM` | the same as PEM text (used when no files are mounted) |
 //! | `OPENSHELL_SERVER_NAME` | TLS name of the gateway (default: the endpoint's host) |
+//! | `OPENSHELL_SSH_HOST_KEY_PEM` | this sandbox's SSH host key, an OpenSSH private key (default: an ephemeral key, so clients that pinned the key refuse it after a restart) |
 
 use openshell_transport::tls::ClientMaterial;
 use openshell_transport::{ClientConfig, Endpoint};
+
+use crate::ssh::{SshError, SshServer};
 
 /// A missing or unusable setting.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,8 @@ pub enum ConfigError {
     },
     #[error("{var}: {detail}")]
     Invalid { var: &'static str, detail: String },
+    #[error(transparent)]
+    Ssh(#[from] SshError),
 }
 
 /// Validated settings.
@@ -33,6 +38,9 @@ pub enum ConfigError {
 pub struct Config {
     pub sandbox_id: String,
     pub client: ClientConfig,
+    /// The SSH server relays are handed to, with this sandbox's host key (built here, once,
+    /// so an ephemeral key stays the same across reconnects).
+    pub ssh: SshServer,
 }
 
 fn var(name: &'static str) -> Option<String> {
@@ -73,6 +81,10 @@ impl Config {
         })?;
         let mut client = ClientConfig::new(endpoint, Some(material));
         client.server_name = var("OPENSHELL_SERVER_NAME");
-        Ok(Config { sandbox_id, client })
+        Ok(Config {
+            sandbox_id,
+            client,
+            ssh: SshServer::new(var("OPENSHELL_SSH_HOST_KEY_PEM").as_deref())?,
+        })
     }
 }

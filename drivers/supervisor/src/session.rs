@@ -29,7 +29,7 @@ fn hello(cfg: &Config, instance: &str) -> SupervisorMessage {
             sandbox_id: cfg.sandbox_id.clone(),
             instance_id: instance.to_string(),
             supervisor_version: env!("CARGO_PKG_VERSION").to_string(),
-            ssh_host_key: String::new(),
+            ssh_host_key: cfg.ssh.public_key_openssh(),
         })),
     }
 }
