@@ -31,7 +31,10 @@ fn podman_service_down_and_back() {
     assert_eq!(items[0]["name"], "keep");
     assert_eq!(items[0]["phase"], "Error", "{list}");
     assert!(
-        items[0]["reason"].as_str().unwrap().contains("cannot be reached"),
+        items[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be reached"),
         "{list}"
     );
     // Stop needs the runtime too: refused with the reason, record unchanged.

@@ -8,9 +8,12 @@
 //! | `OPENSHELL_TLS_CA` / `_CERT` / `_KEY` | PEM file paths of the gateway CA and this sandbox's credential |
 //! | `OPENSHELL_TLS_CA_PEM` / `_CERT_PEM` / `_KEY_PEM` | the same as PEM text (used when no files are mounted) |
 //! | `OPENSHELL_SERVER_NAME` | TLS name of the gateway (default: the endpoint's host) |
+//! | `OPENSHELL_SSH_HOST_KEY_PEM` | this sandbox's SSH host key, an OpenSSH private key (default: an ephemeral key, so clients that pinned the key refuse it after a restart) |
 
 use openshell_transport::tls::ClientMaterial;
 use openshell_transport::{ClientConfig, Endpoint};
+
+use crate::ssh::{SshError, SshServer};
 
 /// A missing or unusable setting.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,23 @@ pub enum ConfigError {
     },
     #[error("{var}: {detail}")]
     Invalid { var: &'static str, detail: String },
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+}
+
+/// The supervisor's own variables (credentials, keys, the endpoint), removed from the
+/// environment of every process it starts (the main process, SSH sessions) so they do not
+/// show in `env` or leak to child processes. `OPENSHELL_SANDBOX_ID` stays: it is not secret
+/// and programs may use it.
+pub fn hidden_from_children() -> Vec<std::ffi::OsString> {
+    std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| hides(&k.to_string_lossy()))
+        .collect()
+}
+
+pub(crate) fn hides(name: &str) -> bool {
+    name.starts_with("OPENSHELL_") && name != "OPENSHELL_SANDBOX_ID"
 }
 
 /// Validated settings.
@@ -33,6 +53,9 @@ pub enum ConfigError {
 pub struct Config {
     pub sandbox_id: String,
     pub client: ClientConfig,
+    /// The SSH server relays are handed to, with this sandbox's host key (built here, once,
+    /// so an ephemeral key stays the same across reconnects).
+    pub ssh: SshServer,
 }
 
 fn var(name: &'static str) -> Option<String> {
@@ -73,6 +96,10 @@ impl Config {
         })?;
         let mut client = ClientConfig::new(endpoint, Some(material));
         client.server_name = var("OPENSHELL_SERVER_NAME");
-        Ok(Config { sandbox_id, client })
+        Ok(Config {
+            sandbox_id,
+            client,
+            ssh: SshServer::new(var("OPENSHELL_SSH_HOST_KEY_PEM").as_deref())?,
+        })
     }
 }

@@ -3,8 +3,8 @@
 //! Owns: dialing the gateway with this sandbox's own credential (QUIC, TCP fallback), one
 //! long-lived control session (hello, heartbeats), reconnecting with backoff when the
 //! gateway restarts or the network drops, and running the sandbox's main process and
-//! reporting its exit. Does not own (yet): the sandbox side of relays (SSH server, exec, port
-//! forwards), which arrive with the relay path.
+//! reporting its exit, and the SSH server that relays of the SSH kind are handed to (`ssh`,
+//! served on the relay's byte stream, never on a port).
 //!
 //! ```text
 //! start ─> spawn main process (if any)
@@ -16,6 +16,9 @@
 
 pub mod backoff;
 pub mod config;
+pub mod relay;
 pub mod session;
+pub mod ssh;
 
 pub use config::{Config, ConfigError};
+pub use ssh::{SshError, SshServer};

@@ -29,7 +29,7 @@ fn hello(cfg: &Config, instance: &str) -> SupervisorMessage {
             sandbox_id: cfg.sandbox_id.clone(),
             instance_id: instance.to_string(),
             supervisor_version: env!("CARGO_PKG_VERSION").to_string(),
-            ssh_host_key: String::new(),
+            ssh_host_key: cfg.ssh.public_key_openssh(),
         })),
     }
 }
@@ -67,7 +67,7 @@ async fn one_session(
     attempt: &mut u32,
 ) -> Ended {
     let conn = match connector.connect().await {
-        Ok(c) => c,
+        Ok(c) => std::sync::Arc::new(c),
         Err(e) => return Ended::Lost(e.to_string()),
     };
     let (tx, rx) = mpsc::channel::<SupervisorMessage>(16);
@@ -103,7 +103,7 @@ async fn one_session(
             msg = down.next() => match msg {
                 Some(Ok(m)) => match m.msg {
                     Some(gateway_message::Msg::RelayOpen(r)) => {
-                        tracing::warn!(relay = %r.relay_id, "relay requested, but this supervisor does not serve relays yet");
+                        tokio::spawn(crate::relay::serve(conn.clone(), r, tx.clone(), cfg.ssh.clone()));
                     }
                     Some(gateway_message::Msg::Heartbeat(_)) | Some(gateway_message::Msg::Accepted(_)) | None => {}
                 },
