@@ -67,9 +67,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `program args` under a shell that stops it when the child's stdin closes.
+/// Starts `program args` under a shell that stops it when the child's stdin closes (with
+/// SIGTERM), or when a signal name is written to it (`KILL`).
 fn spawn_service(program: &Path, args: &[String], log: &Path) -> Child {
-    let script = r#"prog=$1; shift; "$prog" "$@" & pid=$!; read -r _; kill "$pid"; wait "$pid""#;
+    let script = r#"prog=$1; shift; "$prog" "$@" & pid=$!; read -r sig; kill -"${sig:-TERM}" "$pid"; wait "$pid""#;
     Command::new("sh")
         .arg("-c")
         .arg(script)
@@ -221,10 +222,14 @@ impl KubeCluster {
         }
     }
 
-    /// Stops the apiserver (etcd and its data stay).
+    /// Kills the apiserver, as a crash would (etcd and its data stay). A graceful stop
+    /// would wait up to 60 s for the clients' open watches.
     pub fn stop_apiserver(&self) {
-        if let Some(child) = self.apiserver.lock().unwrap().take() {
-            stop_service(child);
+        if let Some(mut child) = self.apiserver.lock().unwrap().take() {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = std::io::Write::write_all(&mut stdin, b"KILL\n");
+            }
+            let _ = child.wait();
         }
     }
 
