@@ -184,6 +184,10 @@ async fn a_sandbox_is_a_labelled_pod_with_its_credential_in_a_secret() {
     assert!(matches!(e, DriverError::AlreadyExists { .. }), "{e:?}");
     assert!(e.to_string().contains(name.as_str()), "{e}");
 
+    // No node runs it yet: no output (the apiserver answers an empty log).
+    let lines: Vec<_> = d.logs(&id, false).await.unwrap().collect().await;
+    assert!(lines.is_empty(), "{lines:?}");
+
     // The node reports the pod running, then its main process exits.
     c.set_pod_running(&ns, &object);
     assert_eq!(d.get(&id).await.unwrap().state, WorkloadState::Running);
@@ -973,6 +977,55 @@ fn a_given_kubeconfig_is_auto_detected_and_an_apiserver_outage_keeps_the_records
     assert_eq!(names, ["kept"], "the failed create left a record: {list}");
     assert_eq!(c.names(&ns, "pods"), ["openshell-kept"]);
     assert_eq!(c.names(&ns, "secrets"), ["openshell-kept"]);
+}
+
+#[test]
+fn kubernetes_is_auto_detected_only_when_configured() {
+    // Inside a cluster (KUBERNETES_SERVICE_HOST set) Kubernetes is tried first: here the
+    // service account files are missing, so the gateway says that and stops.
+    let u = CliUser::new();
+    u.run(&["pki", "init"]).ok();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = || {
+        let mut cmd = Command::new(openshell_tests::bin("openshell-gateway"));
+        cmd.args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state.path())
+            .arg("--pki-dir")
+            .arg(u.default_pki_dir())
+            .env_remove("OPENSHELL_DRIVERS")
+            .env_remove("OPENSHELL_KUBECONFIG");
+        cmd
+    };
+    let out = gateway()
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in-cluster Kubernetes config"), "{err}");
+
+    // Outside a cluster and without --kubeconfig it is never picked, even with a
+    // kubeconfig in KUBECONFIG: no surprise clusters.
+    let c = KubeCluster::shared();
+    let gw = Gateway::builder()
+        .pki(&u.default_pki_dir())
+        .env(
+            "KUBECONFIG",
+            c.kubeconfig(ADMIN, "default").to_str().unwrap(),
+        )
+        .spawn();
+    u.run(&["pki", "issue", "alice", "--gateway", "local"]).ok();
+    u.run(&[
+        "gateway",
+        "add",
+        &format!("https://127.0.0.1:{}", gw.addr.port()),
+        "--name",
+        "local",
+    ])
+    .ok();
+    let active = active_driver(&u);
+    assert_ne!(active["name"], "kubernetes", "{active}");
 }
 
 #[test]

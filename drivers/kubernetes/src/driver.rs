@@ -820,7 +820,21 @@ impl ComputeDriver for KubernetesDriver {
             ..LogParams::default()
         };
         let op = format!("read the logs of pod {name}");
-        let reader = self.call(&op, self.pods().log_stream(&name, &lp)).await?;
+        let reader = match self.raw(self.pods().log_stream(&name, &lp)).await {
+            Ok(r) => r,
+            // "does not have a host assigned", "container is waiting to start": the Pod
+            // is not running anywhere yet; not a bad spec.
+            Err(Fail::Kube(kube::Error::Api(s))) if s.code == 400 => {
+                return Err(self.errors.backend(
+                    &op,
+                    format!(
+                        "{}: the pod is not running on a node yet; try again once the sandbox is Ready",
+                        lowercase_first(s.message.trim())
+                    ),
+                ));
+            }
+            Err(f) => return Err(self.errors.map(&op, f)),
+        };
         let errors = self.errors.clone();
         // The kubelet merges stdout and stderr into one log.
         let lines = reader.lines().map(move |r| {
