@@ -979,8 +979,12 @@ fn a_given_kubeconfig_is_auto_detected_and_an_apiserver_outage_keeps_the_records
     assert_eq!(c.names(&ns, "secrets"), ["openshell-kept"]);
 }
 
+/// Held by the tests that depend on whether the in-cluster files exist.
+static IN_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn kubernetes_is_auto_detected_only_when_configured() {
+    let _serial = IN_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     // Inside a cluster (KUBERNETES_SERVICE_HOST set) Kubernetes is tried first: here the
     // service account files are missing, so the gateway says that and stops.
     let u = CliUser::new();
@@ -1150,4 +1154,83 @@ impl KubeArgs for openshell_tests::gateway::GatewayBuilder {
             .arg("--shutdown-grace")
             .arg("1s")
     }
+}
+
+/// The service account files a Pod gets, written where the in-cluster config reads them
+/// (a fixed path), and removed again on drop.
+struct InClusterFiles {
+    root: std::path::PathBuf,
+    created_secrets_dir: bool,
+}
+
+impl InClusterFiles {
+    fn write(cluster: &KubeCluster, ns: &str) -> InClusterFiles {
+        let secrets = Path::new("/var/run/secrets");
+        let root = secrets.join("kubernetes.io");
+        assert!(
+            !root.exists(),
+            "{} exists already: this test writes its own service account there; run it on a \
+             machine that is not a Kubernetes node",
+            root.display()
+        );
+        let created_secrets_dir = !secrets.exists();
+        let dir = root.join("serviceaccount");
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = InClusterFiles {
+            root,
+            created_secrets_dir,
+        };
+        std::fs::write(dir.join("token"), ADMIN).unwrap();
+        std::fs::write(dir.join("ca.crt"), &cluster.ca_pem).unwrap();
+        std::fs::write(dir.join("namespace"), ns).unwrap();
+        files
+    }
+}
+
+impl Drop for InClusterFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+        if self.created_secrets_dir {
+            let _ = std::fs::remove_dir(self.root.parent().unwrap());
+        }
+    }
+}
+
+#[test]
+fn in_a_cluster_the_gateway_uses_its_service_account() {
+    let c = KubeCluster::shared();
+    let ns = namespace(c, "incluster");
+    let _serial = IN_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _files = InClusterFiles::write(c, &ns);
+    let port = c.url.rsplit(':').next().unwrap().to_string();
+    let u = CliUser::new();
+    u.run(&["pki", "init"]).ok();
+    let gw_port = free_port();
+    // No --drivers, no --kubeconfig, no namespace: all from the Pod's environment.
+    let gw = Gateway::builder()
+        .pki(&u.default_pki_dir())
+        .listen(&format!("127.0.0.1:{gw_port}"))
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", &port)
+        .arg("--sandbox-callback")
+        .arg(&format!("https://127.0.0.1:{gw_port}"))
+        .spawn();
+    u.run(&["pki", "issue", "alice", "--gateway", "local"]).ok();
+    u.run(&[
+        "gateway",
+        "add",
+        &format!("https://127.0.0.1:{gw_port}"),
+        "--name",
+        "local",
+    ])
+    .ok();
+    let active = active_driver(&u);
+    assert_eq!(active["name"], "kubernetes", "{active}\n{}", gw.logs());
+    assert_eq!(active["driver_version"], "v1.20.2", "{active}");
+    u.run(&["sandbox", "create", "--name", "inside", "--no-wait"])
+        .ok();
+    assert_eq!(c.names(&ns, "pods"), ["openshell-inside"]);
+    u.run(&["sandbox", "delete", "inside"]).ok();
+    assert!(c.names(&ns, "pods").is_empty());
+    assert!(c.names(&ns, "secrets").is_empty());
 }
