@@ -207,9 +207,11 @@ impl KubeCluster {
         let log = self.dir().join("apiserver.log");
         let child = spawn_service(&self.apiserver_bin, &self.apiserver_args, &log);
         *self.apiserver.lock().unwrap() = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(90);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(90);
         loop {
             if self.curl(ADMIN, "GET", "/readyz", None).trim() == "ok" {
+                eprintln!("kube-apiserver ready after {:?}", started.elapsed());
                 return;
             }
             assert!(

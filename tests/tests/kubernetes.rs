@@ -737,6 +737,7 @@ fn a_sandbox_becomes_ready_on_kubernetes_through_the_gateway() {
     assert_eq!(kube["driver_version"], "v1.20.2", "{info}");
 
     // Create waits until the supervisor (started by the "node") has connected back.
+    let t = std::time::Instant::now();
     let r = s.u.run(&[
         "sandbox", "create", "--name", "demo", "--cpu", "0.5", "--memory", "256m", "--label",
         "team=a",
@@ -750,6 +751,7 @@ fn a_sandbox_becomes_ready_on_kubernetes_through_the_gateway() {
         s.gw.as_ref().unwrap().logs()
     );
     assert!(r.stdout.contains("Phase: Ready"), "{}", r.stdout);
+    eprintln!("sandbox create to Ready on Kubernetes: {:?}", t.elapsed());
     assert_eq!(c.names(&s.ns, "pods"), ["openshell-demo"]);
     assert_eq!(c.names(&s.ns, "secrets"), ["openshell-demo"]);
     let pod = c.api(
