@@ -315,7 +315,11 @@ impl KubernetesDriver {
     /// when it is in sync and `fresh` is not asked for, else from the apiserver. Writes ask
     /// for fresh objects: they act on what the apiserver has, not on a copy.
     async fn objects(&self, id: Option<&SandboxId>, fresh: Fresh) -> Result<Objects, DriverError> {
-        let (pods, secrets) = match self.mirror.snapshot().filter(|_| fresh == Fresh::Mirror) {
+        let copy = match fresh {
+            Fresh::Mirror => self.mirror.snapshot(id),
+            Fresh::Apiserver => None,
+        };
+        let (pods, secrets) = match copy {
             Some(copy) => copy,
             None => {
                 let lp = ListParams::default().labels(&objects::selector(&self.config.gateway, id));

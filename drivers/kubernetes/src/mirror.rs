@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, WatchEvent};
 use kube::{Resource, ResourceExt};
-use openshell_drivers::{DriverError, GatewayId};
+use openshell_drivers::{DriverError, GatewayId, SandboxId};
 
 use crate::driver::{Errors, Fail, rewatch};
 use crate::objects;
@@ -79,13 +80,24 @@ impl Mirror {
         Mirror { state, task }
     }
 
-    /// This gateway's Pods and Secrets, or `None` while the copy is not in sync.
-    pub(crate) fn snapshot(&self) -> Option<(Vec<Pod>, Vec<Secret>)> {
+    /// This gateway's Pods and Secrets (of sandbox `id` only, with `id`), or `None` while
+    /// the copy is not in sync.
+    pub(crate) fn snapshot(&self, id: Option<&SandboxId>) -> Option<(Vec<Pod>, Vec<Secret>)> {
         let st = lock(&self.state);
+        let wanted =
+            |meta: &ObjectMeta| id.is_none_or(|id| objects::id_of(meta).as_ref() == Some(id));
         st.synced.then(|| {
             (
-                st.pods.values().cloned().collect(),
-                st.secrets.values().cloned().collect(),
+                st.pods
+                    .values()
+                    .filter(|p| wanted(&p.metadata))
+                    .cloned()
+                    .collect(),
+                st.secrets
+                    .values()
+                    .filter(|s| wanted(&s.metadata))
+                    .cloned()
+                    .collect(),
             )
         })
     }
