@@ -68,11 +68,17 @@ fn free_port() -> u16 {
 }
 
 /// Starts `program args` under a shell that stops it when the child's stdin closes (with
-/// SIGTERM), or when a signal name is written to it (`KILL`).
-fn spawn_service(program: &Path, args: &[String], log: &Path) -> Child {
-    let script = r#"prog=$1; shift; "$prog" "$@" & pid=$!; read -r sig; kill -"${sig:-TERM}" "$pid"; wait "$pid""#;
-    Command::new("sh")
-        .arg("-c")
+/// SIGTERM), or when a signal name is written to it (`KILL`). With `cleanup`, that
+/// directory is removed once the program has stopped (the shared cluster is never dropped:
+/// this is what removes its directory when the test process exits).
+fn spawn_service(program: &Path, args: &[String], log: &Path, cleanup: Option<&Path>) -> Child {
+    let script = r#"prog=$1; shift; "$prog" "$@" & pid=$!; read -r sig; kill -"${sig:-TERM}" "$pid"; wait "$pid"
+        [ -z "$CLEANUP_DIR" ] || rm -rf "$CLEANUP_DIR""#;
+    let mut cmd = Command::new("sh");
+    if let Some(dir) = cleanup {
+        cmd.env("CLEANUP_DIR", dir);
+    }
+    cmd.arg("-c")
         .arg(script)
         .arg("sh")
         .arg(program)
@@ -155,7 +161,8 @@ impl KubeCluster {
             "--log-level=warn".to_string(),
         ]
         .into();
-        let etcd = spawn_service(Path::new("etcd"), &etcd_args, &d.join("etcd.log"));
+        // etcd stops last (the apiserver needs it), so its wrapper removes the directory.
+        let etcd = spawn_service(Path::new("etcd"), &etcd_args, &d.join("etcd.log"), Some(d));
         let p = |name: &str| d.join(name).display().to_string();
         let apiserver_args: Vec<String> = [
             format!("--etcd-servers=http://127.0.0.1:{client}"),
@@ -205,7 +212,7 @@ impl KubeCluster {
     /// same port and data, and waits until it is ready.
     pub fn start_apiserver(&self) {
         let log = self.dir().join("apiserver.log");
-        let child = spawn_service(&self.apiserver_bin, &self.apiserver_args, &log);
+        let child = spawn_service(&self.apiserver_bin, &self.apiserver_args, &log, None);
         *self.apiserver.lock().unwrap() = Some(child);
         let started = Instant::now();
         let deadline = started + Duration::from_secs(90);

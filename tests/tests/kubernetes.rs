@@ -57,6 +57,22 @@ fn spec() -> SandboxSpec {
     }
 }
 
+/// Waits until the driver reports `want` (the node's reports reach it through its watch).
+async fn state_soon(d: &KubernetesDriver, id: &SandboxId, want: WorkloadState) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = d.get(id).await.unwrap().state;
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {now:?}, not {want:?}, after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn sandbox_name(tag: &str) -> SandboxName {
     SandboxName::new(format!("{tag}-{}", random_hex(3))).unwrap()
 }
@@ -190,12 +206,9 @@ async fn a_sandbox_is_a_labelled_pod_with_its_credential_in_a_secret() {
 
     // The node reports the pod running, then its main process exits.
     c.set_pod_running(&ns, &object);
-    assert_eq!(d.get(&id).await.unwrap().state, WorkloadState::Running);
+    state_soon(&d, &id, WorkloadState::Running).await;
     c.set_pod_exited(&ns, &object, 3);
-    assert_eq!(
-        d.get(&id).await.unwrap().state,
-        WorkloadState::Stopped { exit_code: 3 }
-    );
+    state_soon(&d, &id, WorkloadState::Stopped { exit_code: 3 }).await;
 
     // Delete removes the Pod and the Secret; again is fine.
     d.delete(&id).await.unwrap();
