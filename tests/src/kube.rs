@@ -67,11 +67,18 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `program args` under a shell that stops it when the child's stdin closes.
-fn spawn_service(program: &Path, args: &[String], log: &Path) -> Child {
-    let script = r#"prog=$1; shift; "$prog" "$@" & pid=$!; read -r _; kill "$pid"; wait "$pid""#;
-    Command::new("sh")
-        .arg("-c")
+/// Starts `program args` under a shell that stops it when the child's stdin closes (with
+/// SIGTERM), or when a signal name is written to it (`KILL`). With `cleanup`, that
+/// directory is removed once the program has stopped (the shared cluster is never dropped:
+/// this is what removes its directory when the test process exits).
+fn spawn_service(program: &Path, args: &[String], log: &Path, cleanup: Option<&Path>) -> Child {
+    let script = r#"prog=$1; shift; "$prog" "$@" & pid=$!; read -r sig; kill -"${sig:-TERM}" "$pid"; wait "$pid"
+        [ -z "$CLEANUP_DIR" ] || rm -rf "$CLEANUP_DIR""#;
+    let mut cmd = Command::new("sh");
+    if let Some(dir) = cleanup {
+        cmd.env("CLEANUP_DIR", dir);
+    }
+    cmd.arg("-c")
         .arg(script)
         .arg("sh")
         .arg(program)
@@ -154,7 +161,8 @@ impl KubeCluster {
             "--log-level=warn".to_string(),
         ]
         .into();
-        let etcd = spawn_service(Path::new("etcd"), &etcd_args, &d.join("etcd.log"));
+        // etcd stops last (the apiserver needs it), so its wrapper removes the directory.
+        let etcd = spawn_service(Path::new("etcd"), &etcd_args, &d.join("etcd.log"), Some(d));
         let p = |name: &str| d.join(name).display().to_string();
         let apiserver_args: Vec<String> = [
             format!("--etcd-servers=http://127.0.0.1:{client}"),
@@ -204,11 +212,13 @@ impl KubeCluster {
     /// same port and data, and waits until it is ready.
     pub fn start_apiserver(&self) {
         let log = self.dir().join("apiserver.log");
-        let child = spawn_service(&self.apiserver_bin, &self.apiserver_args, &log);
+        let child = spawn_service(&self.apiserver_bin, &self.apiserver_args, &log, None);
         *self.apiserver.lock().unwrap() = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(90);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(90);
         loop {
             if self.curl(ADMIN, "GET", "/readyz", None).trim() == "ok" {
+                eprintln!("kube-apiserver ready after {:?}", started.elapsed());
                 return;
             }
             assert!(
@@ -221,10 +231,14 @@ impl KubeCluster {
         }
     }
 
-    /// Stops the apiserver (etcd and its data stay).
+    /// Kills the apiserver, as a crash would (etcd and its data stay). A graceful stop
+    /// would wait up to 60 s for the clients' open watches.
     pub fn stop_apiserver(&self) {
-        if let Some(child) = self.apiserver.lock().unwrap().take() {
-            stop_service(child);
+        if let Some(mut child) = self.apiserver.lock().unwrap().take() {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = std::io::Write::write_all(&mut stdin, b"KILL\n");
+            }
+            let _ = child.wait();
         }
     }
 

@@ -104,7 +104,15 @@ async fn running(h: &impl Harness, d: &dyn ComputeDriver, st: WorkloadStatus) ->
         return st;
     }
     h.node_starts(&st).await;
-    d.get(&st.id).await.unwrap()
+    // The node's report reaches the driver through the runtime, not at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = d.get(&st.id).await.unwrap();
+        if now.state != WorkloadState::Creating || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until MAIN is past its setup: a stop before the trap is set would end in SIGKILL

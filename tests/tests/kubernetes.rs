@@ -57,6 +57,22 @@ fn spec() -> SandboxSpec {
     }
 }
 
+/// Waits until the driver reports `want` (the node's reports reach it through its watch).
+async fn state_soon(d: &KubernetesDriver, id: &SandboxId, want: WorkloadState) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = d.get(id).await.unwrap().state;
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {now:?}, not {want:?}, after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn sandbox_name(tag: &str) -> SandboxName {
     SandboxName::new(format!("{tag}-{}", random_hex(3))).unwrap()
 }
@@ -184,14 +200,15 @@ async fn a_sandbox_is_a_labelled_pod_with_its_credential_in_a_secret() {
     assert!(matches!(e, DriverError::AlreadyExists { .. }), "{e:?}");
     assert!(e.to_string().contains(name.as_str()), "{e}");
 
+    // No node runs it yet: no output (the apiserver answers an empty log).
+    let lines: Vec<_> = d.logs(&id, false).await.unwrap().collect().await;
+    assert!(lines.is_empty(), "{lines:?}");
+
     // The node reports the pod running, then its main process exits.
     c.set_pod_running(&ns, &object);
-    assert_eq!(d.get(&id).await.unwrap().state, WorkloadState::Running);
+    state_soon(&d, &id, WorkloadState::Running).await;
     c.set_pod_exited(&ns, &object, 3);
-    assert_eq!(
-        d.get(&id).await.unwrap().state,
-        WorkloadState::Stopped { exit_code: 3 }
-    );
+    state_soon(&d, &id, WorkloadState::Stopped { exit_code: 3 }).await;
 
     // Delete removes the Pod and the Secret; again is fine.
     d.delete(&id).await.unwrap();
@@ -464,7 +481,45 @@ async fn an_apiserver_that_goes_away_is_reported_and_records_survive() {
     let created = d.create(&id, &sandbox_name("kept"), &spec()).await.unwrap();
     let mut events = d.watch().await.unwrap();
 
+    // Status comes from the driver's watch, not from asking the apiserver on every read:
+    // many reads, (almost) no list requests (the apiserver's own request counter; this
+    // cluster serves this test only).
+    let lists = || {
+        c.curl(ADMIN, "GET", "/metrics", None)
+            .lines()
+            .filter(|l| {
+                l.starts_with("apiserver_request_total{")
+                    && l.contains("verb=\"LIST\"")
+                    && (l.contains("resource=\"pods\"") || l.contains("resource=\"secrets\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    // The driver's copy syncs right after it starts (a list and a watch).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = lists();
+    for _ in 0..25 {
+        assert_eq!(d.get(&id).await.unwrap(), created);
+        assert_eq!(d.list().await.unwrap().len(), 1);
+    }
+    let after = lists();
+    assert!(
+        after - before <= 2.0,
+        "50 reads made {} list requests",
+        after - before
+    );
+
     c.stop_apiserver();
+    // Reads come from the driver's watched copy until its watch notices (at once, as
+    // the connection closes).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while d.list().await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "list still answers 10 s after the apiserver stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let info = d.info().await;
     assert!(!info.is_healthy(), "{info:?}");
     assert_eq!(info.version, None);
@@ -695,6 +750,7 @@ fn a_sandbox_becomes_ready_on_kubernetes_through_the_gateway() {
     assert_eq!(kube["driver_version"], "v1.20.2", "{info}");
 
     // Create waits until the supervisor (started by the "node") has connected back.
+    let t = std::time::Instant::now();
     let r = s.u.run(&[
         "sandbox", "create", "--name", "demo", "--cpu", "0.5", "--memory", "256m", "--label",
         "team=a",
@@ -708,6 +764,7 @@ fn a_sandbox_becomes_ready_on_kubernetes_through_the_gateway() {
         s.gw.as_ref().unwrap().logs()
     );
     assert!(r.stdout.contains("Phase: Ready"), "{}", r.stdout);
+    eprintln!("sandbox create to Ready on Kubernetes: {:?}", t.elapsed());
     assert_eq!(c.names(&s.ns, "pods"), ["openshell-demo"]);
     assert_eq!(c.names(&s.ns, "secrets"), ["openshell-demo"]);
     let pod = c.api(
@@ -890,8 +947,13 @@ fn a_given_kubeconfig_is_auto_detected_and_an_apiserver_outage_keeps_the_records
 
     c.stop_apiserver();
     // Reads still answer from the records and say what is wrong.
+    assert_eventually!(
+        Duration::from_secs(10),
+        phase(&u)["phase"] == "Error",
+        "not Error: {}",
+        phase(&u)
+    );
     let got = phase(&u);
-    assert_eq!(got["phase"], "Error", "{got}");
     assert!(
         got["reason"]
             .as_str()
@@ -930,6 +992,59 @@ fn a_given_kubeconfig_is_auto_detected_and_an_apiserver_outage_keeps_the_records
     assert_eq!(names, ["kept"], "the failed create left a record: {list}");
     assert_eq!(c.names(&ns, "pods"), ["openshell-kept"]);
     assert_eq!(c.names(&ns, "secrets"), ["openshell-kept"]);
+}
+
+/// Held by the tests that depend on whether the in-cluster files exist.
+static IN_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn kubernetes_is_auto_detected_only_when_configured() {
+    let _serial = IN_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    // Inside a cluster (KUBERNETES_SERVICE_HOST set) Kubernetes is tried first: here the
+    // service account files are missing, so the gateway says that and stops.
+    let u = CliUser::new();
+    u.run(&["pki", "init"]).ok();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = || {
+        let mut cmd = Command::new(openshell_tests::bin("openshell-gateway"));
+        cmd.args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state.path())
+            .arg("--pki-dir")
+            .arg(u.default_pki_dir())
+            .env_remove("OPENSHELL_DRIVERS")
+            .env_remove("OPENSHELL_KUBECONFIG");
+        cmd
+    };
+    let out = gateway()
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in-cluster Kubernetes config"), "{err}");
+
+    // Outside a cluster and without --kubeconfig it is never picked, even with a
+    // kubeconfig in KUBECONFIG: no surprise clusters.
+    let c = KubeCluster::shared();
+    let gw = Gateway::builder()
+        .pki(&u.default_pki_dir())
+        .env(
+            "KUBECONFIG",
+            c.kubeconfig(ADMIN, "default").to_str().unwrap(),
+        )
+        .spawn();
+    u.run(&["pki", "issue", "alice", "--gateway", "local"]).ok();
+    u.run(&[
+        "gateway",
+        "add",
+        &format!("https://127.0.0.1:{}", gw.addr.port()),
+        "--name",
+        "local",
+    ])
+    .ok();
+    let active = active_driver(&u);
+    assert_ne!(active["name"], "kubernetes", "{active}");
 }
 
 #[test]
@@ -1054,4 +1169,83 @@ impl KubeArgs for openshell_tests::gateway::GatewayBuilder {
             .arg("--shutdown-grace")
             .arg("1s")
     }
+}
+
+/// The service account files a Pod gets, written where the in-cluster config reads them
+/// (a fixed path), and removed again on drop.
+struct InClusterFiles {
+    root: std::path::PathBuf,
+    created_secrets_dir: bool,
+}
+
+impl InClusterFiles {
+    fn write(cluster: &KubeCluster, ns: &str) -> InClusterFiles {
+        let secrets = Path::new("/var/run/secrets");
+        let root = secrets.join("kubernetes.io");
+        assert!(
+            !root.exists(),
+            "{} exists already: this test writes its own service account there; run it on a \
+             machine that is not a Kubernetes node",
+            root.display()
+        );
+        let created_secrets_dir = !secrets.exists();
+        let dir = root.join("serviceaccount");
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = InClusterFiles {
+            root,
+            created_secrets_dir,
+        };
+        std::fs::write(dir.join("token"), ADMIN).unwrap();
+        std::fs::write(dir.join("ca.crt"), &cluster.ca_pem).unwrap();
+        std::fs::write(dir.join("namespace"), ns).unwrap();
+        files
+    }
+}
+
+impl Drop for InClusterFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+        if self.created_secrets_dir {
+            let _ = std::fs::remove_dir(self.root.parent().unwrap());
+        }
+    }
+}
+
+#[test]
+fn in_a_cluster_the_gateway_uses_its_service_account() {
+    let c = KubeCluster::shared();
+    let ns = namespace(c, "incluster");
+    let _serial = IN_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _files = InClusterFiles::write(c, &ns);
+    let port = c.url.rsplit(':').next().unwrap().to_string();
+    let u = CliUser::new();
+    u.run(&["pki", "init"]).ok();
+    let gw_port = free_port();
+    // No --drivers, no --kubeconfig, no namespace: all from the Pod's environment.
+    let gw = Gateway::builder()
+        .pki(&u.default_pki_dir())
+        .listen(&format!("127.0.0.1:{gw_port}"))
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", &port)
+        .arg("--sandbox-callback")
+        .arg(&format!("https://127.0.0.1:{gw_port}"))
+        .spawn();
+    u.run(&["pki", "issue", "alice", "--gateway", "local"]).ok();
+    u.run(&[
+        "gateway",
+        "add",
+        &format!("https://127.0.0.1:{gw_port}"),
+        "--name",
+        "local",
+    ])
+    .ok();
+    let active = active_driver(&u);
+    assert_eq!(active["name"], "kubernetes", "{active}\n{}", gw.logs());
+    assert_eq!(active["driver_version"], "v1.20.2", "{active}");
+    u.run(&["sandbox", "create", "--name", "inside", "--no-wait"])
+        .ok();
+    assert_eq!(c.names(&ns, "pods"), ["openshell-inside"]);
+    u.run(&["sandbox", "delete", "inside"]).ok();
+    assert!(c.names(&ns, "pods").is_empty());
+    assert!(c.names(&ns, "secrets").is_empty());
 }

@@ -19,6 +19,7 @@ use openshell_drivers::{
 };
 use serde::de::DeserializeOwned;
 
+use crate::mirror::Mirror;
 use crate::objects::{self, CONTAINER};
 use crate::{ClusterSource, KubeError, KubernetesConfig};
 
@@ -29,10 +30,12 @@ pub struct KubernetesDriver {
     config: KubernetesConfig,
     client: Client,
     errors: Errors,
+    /// What `get` and `list` read (see the `mirror` module).
+    mirror: Mirror,
 }
 
 /// A failed request: the apiserver's or the client's error, or no answer in time.
-enum Fail {
+pub(crate) enum Fail {
     Kube(kube::Error),
     Timeout,
 }
@@ -49,7 +52,7 @@ impl Fail {
 /// Maps failures to [`DriverError`]s that name the cluster and say what to do. Cloned into
 /// streams that outlive the call that made them.
 #[derive(Clone)]
-struct Errors {
+pub(crate) struct Errors {
     endpoint: String,
     namespace: String,
     source: String,
@@ -123,7 +126,7 @@ impl Errors {
         )
     }
 
-    fn map(&self, op: &str, f: Fail) -> DriverError {
+    pub(crate) fn map(&self, op: &str, f: Fail) -> DriverError {
         let e = match f {
             Fail::Timeout => {
                 return self.unavailable(format!(
@@ -198,6 +201,15 @@ impl Errors {
     }
 }
 
+/// Where [`KubernetesDriver::objects`] reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fresh {
+    /// The mirror when in sync (reads).
+    Mirror,
+    /// The apiserver (writes).
+    Apiserver,
+}
+
 /// Pods and Secrets of the selected sandboxes, grouped by sandbox id.
 type Objects = BTreeMap<SandboxId, (Option<Pod>, Option<Secret>)>;
 
@@ -253,10 +265,19 @@ impl KubernetesDriver {
             source: source_desc,
             request_timeout: config.request_timeout,
         };
+        let ns = &errors.namespace;
+        let mirror = Mirror::start(
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            config.gateway.clone(),
+            errors.clone(),
+            config.request_timeout,
+        );
         Ok(Self {
             config,
             client,
             errors,
+            mirror,
         })
     }
 
@@ -290,20 +311,36 @@ impl KubernetesDriver {
         self.raw(fut).await.map_err(|f| self.errors.map(op, f))
     }
 
-    /// This gateway's Pods and Secrets (of sandbox `id` only, with `id`).
-    async fn objects(&self, id: Option<&SandboxId>) -> Result<Objects, DriverError> {
-        let lp = ListParams::default().labels(&objects::selector(&self.config.gateway, id));
-        let pods = self.call("list pods", self.pods().list(&lp)).await?;
-        let secrets = self.call("list secrets", self.secrets().list(&lp)).await?;
+    /// This gateway's Pods and Secrets (of sandbox `id` only, with `id`), from the mirror
+    /// when it is in sync and `fresh` is not asked for, else from the apiserver. Writes ask
+    /// for fresh objects: they act on what the apiserver has, not on a copy.
+    async fn objects(&self, id: Option<&SandboxId>, fresh: Fresh) -> Result<Objects, DriverError> {
+        let copy = match fresh {
+            Fresh::Mirror => self.mirror.snapshot(id),
+            Fresh::Apiserver => None,
+        };
+        let (pods, secrets) = match copy {
+            Some(copy) => copy,
+            None => {
+                let lp = ListParams::default().labels(&objects::selector(&self.config.gateway, id));
+                let pods = self.call("list pods", self.pods().list(&lp)).await?;
+                let secrets = self.call("list secrets", self.secrets().list(&lp)).await?;
+                (pods.items, secrets.items)
+            }
+        };
+        let wanted = |meta: &kube::core::ObjectMeta| {
+            objects::owned_by(meta, &self.config.gateway)
+                && id.is_none_or(|id| objects::id_of(meta).as_ref() == Some(id))
+        };
         let mut out = Objects::new();
-        for pod in pods.items {
+        for pod in pods.into_iter().filter(|p| wanted(&p.metadata)) {
             if objects::owned_by(&pod.metadata, &self.config.gateway)
                 && let Some(id) = objects::id_of(&pod.metadata)
             {
                 out.entry(id).or_default().0 = Some(pod);
             }
         }
-        for secret in secrets.items {
+        for secret in secrets.into_iter().filter(|s| wanted(&s.metadata)) {
             if objects::owned_by(&secret.metadata, &self.config.gateway)
                 && let Some(id) = objects::id_of(&secret.metadata)
             {
@@ -313,8 +350,16 @@ impl KubernetesDriver {
         Ok(out)
     }
 
-    async fn find(&self, id: &SandboxId) -> Result<(Option<Pod>, Option<Secret>), DriverError> {
-        let found = self.objects(Some(id)).await?.remove(id).unwrap_or_default();
+    async fn find(
+        &self,
+        id: &SandboxId,
+        fresh: Fresh,
+    ) -> Result<(Option<Pod>, Option<Secret>), DriverError> {
+        let found = self
+            .objects(Some(id), fresh)
+            .await?
+            .remove(id)
+            .unwrap_or_default();
         match found {
             (None, None) => Err(DriverError::NotFound {
                 runtime: RUNTIME.into(),
@@ -351,11 +396,18 @@ impl KubernetesDriver {
             .await
         {
             Ok(_) => {}
-            Err(f) if f.code() == Some(404) => return Ok(true),
+            Err(f) if f.code() == Some(404) => {
+                self.mirror.forget_pod(pod);
+                return Ok(true);
+            }
             Err(f) => return Err(self.errors.map(&format!("delete pod {name}"), f)),
         }
         let limit = self.config.stop_grace + self.config.request_timeout;
-        self.wait_gone(&name, &uid, limit).await
+        let gone = self.wait_gone(&name, &uid, limit).await?;
+        if gone {
+            self.mirror.forget_pod(pod);
+        }
+        Ok(gone)
     }
 
     /// Waits, through a watch on the one Pod, until the Pod `name` with `uid` is gone.
@@ -408,7 +460,7 @@ impl KubernetesDriver {
 /// A watch on `api`'s objects matching `selector` from resource version `rv` on, resumed
 /// from the last version seen when the apiserver closes it (it does so every few minutes).
 /// Ends after yielding an error.
-fn rewatch<K>(
+pub(crate) fn rewatch<K>(
     api: Api<K>,
     selector: String,
     rv: String,
@@ -524,7 +576,7 @@ impl ComputeDriver for KubernetesDriver {
     ) -> Result<WorkloadStatus, DriverError> {
         spec.validate()?;
         let (secret, pod) = objects::build(&self.config, id, name, spec)?;
-        if !self.objects(Some(id)).await?.is_empty() {
+        if !self.objects(Some(id), Fresh::Apiserver).await?.is_empty() {
             return Err(DriverError::AlreadyExists {
                 what: format!("a workload for sandbox {id}"),
             });
@@ -547,7 +599,11 @@ impl ComputeDriver for KubernetesDriver {
             Err(f) => return Err(self.errors.map(&format!("create secret {object}"), f)),
         };
         match self.create_pod(&pod, &taken).await {
-            Ok(pod) => self.status(Some(&pod), Some(&secret)),
+            Ok(pod) => {
+                self.mirror.put_secret(&secret);
+                self.mirror.put_pod(&pod);
+                self.status(Some(&pod), Some(&secret))
+            }
             Err(e) => {
                 // Nothing half-created: the Secret goes again.
                 if let Err(f) = self
@@ -564,7 +620,7 @@ impl ComputeDriver for KubernetesDriver {
     }
 
     async fn start(&self, id: &SandboxId) -> Result<WorkloadStatus, DriverError> {
-        let (pod, secret) = self.find(id).await?;
+        let (pod, secret) = self.find(id, Fresh::Apiserver).await?;
         if let Some(pod) = &pod {
             let deleting = pod.metadata.deletion_timestamp.is_some();
             let live = matches!(
@@ -605,11 +661,12 @@ impl ComputeDriver for KubernetesDriver {
         let pod = self
             .create_pod(&template, &format!("a pod for sandbox {id}"))
             .await?;
+        self.mirror.put_pod(&pod);
         self.status(Some(&pod), Some(&secret))
     }
 
     async fn stop(&self, id: &SandboxId) -> Result<WorkloadStatus, DriverError> {
-        let (pod, secret) = self.find(id).await?;
+        let (pod, secret) = self.find(id, Fresh::Apiserver).await?;
         let Some(secret) = secret else {
             return Err(self.errors.backend(
                 "stop",
@@ -629,7 +686,11 @@ impl ComputeDriver for KubernetesDriver {
     }
 
     async fn delete(&self, id: &SandboxId) -> Result<(), DriverError> {
-        let found = self.objects(Some(id)).await?.remove(id).unwrap_or_default();
+        let found = self
+            .objects(Some(id), Fresh::Apiserver)
+            .await?
+            .remove(id)
+            .unwrap_or_default();
         // The Secret first, so that a watcher seeing the Pod go knows it is not a stop.
         if let (_, Some(secret)) = &found {
             let name = secret.name_any();
@@ -641,6 +702,7 @@ impl ComputeDriver for KubernetesDriver {
                 Err(f) if f.code() == Some(404) => {}
                 Err(f) => return Err(self.errors.map(&format!("delete secret {name}"), f)),
             }
+            self.mirror.forget_secret(secret);
         }
         if let (Some(pod), _) = &found {
             self.delete_pod(pod).await?;
@@ -649,13 +711,13 @@ impl ComputeDriver for KubernetesDriver {
     }
 
     async fn get(&self, id: &SandboxId) -> Result<WorkloadStatus, DriverError> {
-        let (pod, secret) = self.find(id).await?;
+        let (pod, secret) = self.find(id, Fresh::Mirror).await?;
         self.status(pod.as_ref(), secret.as_ref())
     }
 
     async fn list(&self) -> Result<Vec<WorkloadStatus>, DriverError> {
         let mut out = Vec::new();
-        for (id, (pod, secret)) in self.objects(None).await? {
+        for (id, (pod, secret)) in self.objects(None, Fresh::Mirror).await? {
             match self.status(pod.as_ref(), secret.as_ref()) {
                 Ok(s) => out.push(s),
                 Err(e) => {
@@ -746,7 +808,7 @@ impl ComputeDriver for KubernetesDriver {
     }
 
     async fn logs(&self, id: &SandboxId, follow: bool) -> Result<LogStream, DriverError> {
-        let (pod, _) = self.find(id).await?;
+        let (pod, _) = self.find(id, Fresh::Apiserver).await?;
         let Some(pod) = pod else {
             return Err(self.errors.backend(
                 "read logs",
@@ -762,7 +824,21 @@ impl ComputeDriver for KubernetesDriver {
             ..LogParams::default()
         };
         let op = format!("read the logs of pod {name}");
-        let reader = self.call(&op, self.pods().log_stream(&name, &lp)).await?;
+        let reader = match self.raw(self.pods().log_stream(&name, &lp)).await {
+            Ok(r) => r,
+            // "does not have a host assigned", "container is waiting to start": the Pod
+            // is not running anywhere yet; not a bad spec.
+            Err(Fail::Kube(kube::Error::Api(s))) if s.code == 400 => {
+                return Err(self.errors.backend(
+                    &op,
+                    format!(
+                        "{}: the pod is not running on a node yet; try again once the sandbox is Ready",
+                        lowercase_first(s.message.trim())
+                    ),
+                ));
+            }
+            Err(f) => return Err(self.errors.map(&op, f)),
+        };
         let errors = self.errors.clone();
         // The kubelet merges stdout and stderr into one log.
         let lines = reader.lines().map(move |r| {

@@ -36,9 +36,14 @@
 //!
 //! # Status
 //!
+//! Status comes from watches, not polling. The driver keeps a copy of the Pods and Secrets
+//! carrying the gateway's labels, filled by one list and kept current by a watch (resumed
+//! from the last resource version when the apiserver closes it); `get` and `list`, which
+//! the gateway calls for every status it shows, read that copy, and only fall back to the
+//! apiserver while the copy is out of sync. Writes (create, start, stop, delete) act on
+//! what the apiserver has and put their results into the copy at once.
 //! [`ComputeDriver::watch`](openshell_drivers::ComputeDriver::watch) is a Kubernetes watch
-//! on the Pods and Secrets carrying the gateway's labels (resumed from the last resource
-//! version when the apiserver closes it), not polling. Pod phases map to workload states:
+//! of its own for each caller. Pod phases map to workload states:
 //! `Pending` is creating (or an error for image pull and container config failures),
 //! `Running` is running, `Succeeded`/`Failed` are stopped with the container's exit code.
 //!
@@ -52,6 +57,7 @@
 mod config;
 mod driver;
 mod error;
+mod mirror;
 mod objects;
 
 pub use config::{ClusterSource, KubernetesConfig, PullPolicy};

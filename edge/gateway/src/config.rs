@@ -131,7 +131,9 @@ pub struct Args {
 
     /// URL sandboxes dial to reach this gateway. Default: https://host.docker.internal:PORT
     /// (Docker) or https://host.containers.internal:PORT (Podman); the gateway must then
-    /// listen on an address containers can reach (e.g. --listen 0.0.0.0:17670).
+    /// listen on an address containers can reach (e.g. --listen 0.0.0.0:17670). On
+    /// Kubernetes there is no such alias: set it to the address Pods reach the gateway by
+    /// (its Service).
     #[arg(long, env = "OPENSHELL_SANDBOX_CALLBACK")]
     pub sandbox_callback: Option<String>,
 
@@ -426,6 +428,33 @@ mod tests {
         ]);
         let err = args.into_config().unwrap_err().to_string();
         assert!(err.contains("loopback"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_is_tried_only_when_configured() {
+        let settings = |kubeconfig: Option<&str>, in_cluster| KubernetesSettings {
+            kubeconfig: kubeconfig.map(PathBuf::from),
+            in_cluster,
+            namespace: None,
+            service_account: None,
+            runtime_class: None,
+            image_pull_policy: PullPolicy::IfNotPresent,
+        };
+        assert!(!settings(None, false).configured());
+        assert!(settings(Some("/k"), false).configured());
+        assert!(settings(None, true).configured());
+        let args = Args::parse_from([
+            "openshell-gateway",
+            "--k8s-image-pull-policy",
+            "Never",
+            "--kubeconfig",
+            "/k",
+        ]);
+        let config = args.into_config().unwrap();
+        assert_eq!(config.kubernetes.image_pull_policy, PullPolicy::Never);
+        assert_eq!(config.kubernetes.kubeconfig, Some(PathBuf::from("/k")));
+        let bad = Args::try_parse_from(["openshell-gateway", "--k8s-image-pull-policy", "maybe"]);
+        assert!(bad.unwrap_err().to_string().contains("IfNotPresent"));
     }
 
     #[test]
