@@ -6,25 +6,38 @@
 use std::sync::Arc;
 
 use openshell_driver_docker::{DockerConfig, DockerDriver, PodmanConfig, PodmanDriver};
+use openshell_driver_vm::{VmConfig, VmDriver};
 use openshell_drivers::{ComputeDriver, DriverHealth, GatewayId};
 
 use crate::GatewayError;
-use crate::config::DriverChoice;
+use crate::config::{DriverChoice, VmOptions};
 
 /// Backends compiled into this build, in auto-detection order.
-pub const COMPILED: &[&str] = &["podman", "docker"];
+pub const COMPILED: &[&str] = &["podman", "docker", "vm"];
+/// Backends used only when named: a VM per sandbox is a choice, not a fallback.
+const NAMED_ONLY: &[&str] = &["vm"];
 
 /// The compute side of the gateway.
 pub struct Compute {
     pub active: Option<(&'static str, Arc<dyn ComputeDriver>)>,
 }
 
-fn build(name: &'static str, gateway: &GatewayId) -> Result<Arc<dyn ComputeDriver>, GatewayError> {
+fn build(
+    name: &'static str,
+    gateway: &GatewayId,
+    vm: &VmOptions,
+) -> Result<Arc<dyn ComputeDriver>, GatewayError> {
     let driver: Arc<dyn ComputeDriver> = match name {
         "docker" => Arc::new(DockerDriver::new(
             DockerConfig::new(gateway.clone()).map_err(|e| GatewayError::Config(e.to_string()))?,
         )),
         "podman" => Arc::new(PodmanDriver::new(PodmanConfig::new(gateway.clone()))),
+        "vm" => Arc::new(VmDriver::new(VmConfig {
+            kernel_dir: vm.kernel_dir.clone(),
+            qemu: vm.qemu.clone(),
+            boot_timeout: vm.boot_timeout,
+            ..VmConfig::new(gateway.clone(), vm.state_dir.clone())
+        })),
         other => {
             return Err(GatewayError::Config(format!(
                 "the {other} compute driver is not part of this build yet: use docker or podman"
@@ -41,11 +54,12 @@ impl Compute {
     pub async fn select(
         choice: Option<DriverChoice>,
         gateway: &str,
+        vm: &VmOptions,
     ) -> Result<Compute, GatewayError> {
         let gateway = GatewayId::new(gateway).map_err(|e| GatewayError::Config(e.to_string()))?;
         if let Some(choice) = choice {
             let name = choice.name();
-            let driver = build(name, &gateway)?;
+            let driver = build(name, &gateway, vm)?;
             let info = driver.info().await;
             if let DriverHealth::Unhealthy(why) = &info.health {
                 tracing::warn!(driver = name, reason = %why, "compute driver is not healthy yet");
@@ -54,8 +68,8 @@ impl Compute {
                 active: Some((name, driver)),
             });
         }
-        for name in COMPILED {
-            let driver = build(name, &gateway)?;
+        for name in COMPILED.iter().filter(|n| !NAMED_ONLY.contains(n)) {
+            let driver = build(name, &gateway, vm)?;
             if driver.info().await.is_healthy() {
                 tracing::info!(driver = name, "compute driver auto-detected");
                 return Ok(Compute {

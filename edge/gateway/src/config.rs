@@ -136,6 +136,37 @@ pub struct Args {
     /// How often the PKI files are checked for changes (certificate rotation, revocation).
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub reload_interval: Duration,
+
+    /// VM driver: where per-sandbox VM directories (disk, console log, credentials) and
+    /// exported images live. Default: <state-dir>/vm.
+    #[arg(long, env = "OPENSHELL_VM_STATE_DIR")]
+    pub vm_state_dir: Option<PathBuf>,
+
+    /// VM driver: the guest kernel artifacts made by scripts/build-vm-kernel.
+    #[arg(
+        long,
+        env = "OPENSHELL_VM_KERNEL_DIR",
+        default_value = openshell_driver_vm::DEFAULT_KERNEL_DIR
+    )]
+    pub vm_kernel_dir: PathBuf,
+
+    /// VM driver: the QEMU binary.
+    #[arg(long, env = "OPENSHELL_VM_QEMU", default_value = "qemu-system-x86_64")]
+    pub vm_qemu: PathBuf,
+
+    /// VM driver: a VM whose init has not started the main process by then is an Error
+    /// (with its console tail).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub vm_boot_timeout: Duration,
+}
+
+/// Settings of the VM driver (`--drivers vm`).
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    pub state_dir: PathBuf,
+    pub kernel_dir: PathBuf,
+    pub qemu: PathBuf,
+    pub boot_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -238,6 +269,7 @@ pub struct GatewayConfig {
     pub gateway_id: String,
     pub sandbox_image: String,
     pub sandbox_callback: Option<String>,
+    pub vm: VmOptions,
 }
 
 impl Args {
@@ -311,7 +343,7 @@ impl Args {
         Ok(GatewayConfig {
             listen: self.listen,
             listeners,
-            state_dir,
+            state_dir: state_dir.clone(),
             tls,
             health_listen: self.health_listen,
             tunnel_targets,
@@ -322,6 +354,12 @@ impl Args {
             gateway_id: self.gateway_id,
             sandbox_image: self.sandbox_image,
             sandbox_callback: self.sandbox_callback,
+            vm: VmOptions {
+                state_dir: self.vm_state_dir.unwrap_or_else(|| state_dir.join("vm")),
+                kernel_dir: self.vm_kernel_dir,
+                qemu: self.vm_qemu,
+                boot_timeout: self.vm_boot_timeout,
+            },
         })
     }
 }

@@ -82,7 +82,8 @@ pub async fn run(
         }
     };
 
-    let compute = Arc::new(compute::Compute::select(config.driver, &config.gateway_id).await?);
+    let compute =
+        Arc::new(compute::Compute::select(config.driver, &config.gateway_id, &config.vm).await?);
     let sessions: Arc<dyn sessions::SessionRegistry> = Arc::new(sessions::LocalSessions::default());
     let callback = Arc::new(std::sync::OnceLock::<String>::new());
     let sandboxes = Arc::new(services::sandboxes::Sandboxes {
@@ -159,7 +160,14 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| format!("https://{alias}:{}", addr.port())),
     );
-    if compute.active.is_some() && addr.ip().is_loopback() && config.sandbox_callback.is_none() {
+    // VMs reach the host's loopback through QEMU's user network (the VM driver rewrites the
+    // callback host to 10.0.2.2), so only containers need a non-loopback listener.
+    let vm = compute.active.as_ref().is_some_and(|(n, _)| *n == "vm");
+    if compute.active.is_some()
+        && !vm
+        && addr.ip().is_loopback()
+        && config.sandbox_callback.is_none()
+    {
         tracing::warn!(
             "containers cannot reach this gateway at {addr}, a loopback address: for sandboxes to connect back, listen on 0.0.0.0 or the container bridge address"
         );
@@ -194,7 +202,11 @@ pub async fn run(
         ));
     }
     tracing::info!(addr = %addr, transports = %listening.join(","), "listening on {addr}");
-    server.serve(shutdown).await?;
+    let served = server.serve(shutdown).await;
+    if let Some((_, driver)) = &compute.active {
+        driver.shutdown().await;
+    }
+    served?;
     tracing::info!("gateway stopped");
     Ok(())
 }

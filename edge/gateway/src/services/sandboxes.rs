@@ -336,6 +336,7 @@ impl Sandboxes {
         let id = SandboxId::new(decode(&obj)?.id)?;
         let obj = self.set_running(&obj, false).await?;
         let w = self.driver()?.stop(&id).await?;
+        self.forget_session(&id);
         self.view(&obj, Some(&w.state), &w.runtime_id)
     }
 
@@ -343,8 +344,19 @@ impl Sandboxes {
         let obj = self.load(name).await?;
         let id = SandboxId::new(decode(&obj)?.id)?;
         let obj = self.set_running(&obj, true).await?;
+        self.forget_session(&id);
         let w = self.driver()?.start(&id).await?;
         self.view(&obj, Some(&w.state), &w.runtime_id)
+    }
+
+    /// Drops the sandbox's session: a stopped workload has no supervisor. A VM's
+    /// supervisor dies with its VM without closing its connection, so its session would
+    /// otherwise look live until the QUIC idle timeout, and a restart would read as Ready
+    /// before the new supervisor connects.
+    fn forget_session(&self, id: &SandboxId) {
+        if let Some(s) = self.sessions.get(id.as_str()) {
+            self.sessions.unregister(id.as_str(), &s.id);
+        }
     }
 
     /// Brings workloads in line with records after a gateway start: restarts sandboxes that
