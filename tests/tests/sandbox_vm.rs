@@ -387,3 +387,181 @@ fn vm_host_problems_are_reported() {
     assert!(s.sandbox_dirs().is_empty(), "{:?}", s.sandbox_dirs());
     assert!(s.vms().is_empty());
 }
+
+/// The driver on its own: the main process's exit code and output come back through the
+/// console, files on the disk survive a stop/start (a second boot), ids and names are
+/// unique, another gateway sees nothing, watch reports the transitions, delete is
+/// idempotent. Two boots.
+#[tokio::test(flavor = "multi_thread")]
+async fn vm_driver_exit_codes_persistence_and_ownership() {
+    use futures::StreamExt;
+    use openshell_driver_vm::{VmConfig, VmDriver};
+    use openshell_drivers::{
+        ComputeDriver, DriverError, GatewayId, SandboxId, SandboxName, SandboxSpec, WorkloadState,
+    };
+
+    build_artifacts();
+    let state = tempfile::tempdir().unwrap();
+    let driver = VmDriver::new(VmConfig::new(
+        GatewayId::new("vm-driver-test").unwrap(),
+        state.path(),
+    ));
+    let other = VmDriver::new(VmConfig::new(
+        GatewayId::new("vm-driver-other").unwrap(),
+        state.path(),
+    ));
+    assert!(
+        driver.info().await.is_healthy(),
+        "{:?}",
+        driver.info().await
+    );
+
+    let id = SandboxId::generate();
+    let name = SandboxName::new("persist").unwrap();
+    let spec = SandboxSpec {
+        command: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "if [ -f /root/mark ]; then echo second-boot $GREETING; else echo first-boot; \
+             echo x >/root/mark; sync; fi; exit 3"
+                .into(),
+        ],
+        env: [("GREETING".into(), "hello 'vm'".into())].into(),
+        ..SandboxSpec::new(IMAGE)
+    };
+    let mut events = driver.watch().await.unwrap();
+    let st = driver.create(&id, &name, &spec).await.unwrap();
+    assert!(
+        matches!(st.state, WorkloadState::Creating | WorkloadState::Running),
+        "{st:?}"
+    );
+    let stopped = WorkloadState::Stopped { exit_code: 3 };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let e = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("no Stopped event")
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.id, id);
+        if e.state == stopped {
+            break;
+        }
+    }
+    assert_eq!(driver.get(&id).await.unwrap().state, stopped);
+
+    // Duplicates and ownership.
+    let dup = driver
+        .create(&id, &SandboxName::new("other").unwrap(), &spec)
+        .await;
+    assert!(
+        matches!(dup, Err(DriverError::AlreadyExists { .. })),
+        "{dup:?}"
+    );
+    let dup = driver.create(&SandboxId::generate(), &name, &spec).await;
+    assert!(
+        matches!(dup, Err(DriverError::AlreadyExists { .. })),
+        "{dup:?}"
+    );
+    assert!(other.list().await.unwrap().is_empty());
+    assert!(matches!(
+        other.get(&id).await,
+        Err(DriverError::NotFound { .. })
+    ));
+
+    // The second boot finds the file the first one wrote.
+    driver.start(&id).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let lines = loop {
+        let logs = driver.logs(&id, false).await.unwrap();
+        let lines: Vec<String> = logs.map(|l| l.unwrap().line).collect().await;
+        if lines.iter().any(|l| l.starts_with("second-boot")) || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(lines.iter().any(|l| l == "first-boot"), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l == "second-boot hello 'vm'"),
+        "{lines:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while driver.get(&id).await.unwrap().state != stopped {
+        assert!(Instant::now() < deadline, "the second boot did not end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    driver.delete(&id).await.unwrap();
+    driver.delete(&id).await.unwrap();
+    assert!(matches!(
+        driver.get(&id).await,
+        Err(DriverError::NotFound { .. })
+    ));
+    assert!(driver.list().await.unwrap().is_empty());
+}
+
+/// VMs that never report in: one whose guest init fails (an unloadable kernel module), and
+/// one whose supervisor cannot reach the gateway (a callback nobody listens on), which the
+/// gateway turns into Error after `--ready-timeout`. Both errors carry the console's last
+/// lines; delete leaves nothing. Two boots.
+#[test]
+fn vm_that_never_reports_in_is_an_error_with_its_console() {
+    build_artifacts();
+    // The kernel artifacts with a module list naming a module that does not exist (a
+    // later cpio archive replaces the file of an earlier one).
+    let kdir = tempfile::tempdir().unwrap();
+    let base = Path::new(openshell_driver_vm::DEFAULT_KERNEL_DIR);
+    std::fs::copy(base.join("vmlinuz"), kdir.path().join("vmlinuz")).unwrap();
+    std::fs::copy(
+        base.join("initrd-base.cpio"),
+        kdir.path().join("initrd-base.cpio"),
+    )
+    .unwrap();
+    let overlay = kdir.path().join("overlay");
+    std::fs::create_dir_all(overlay.join("lib/modules")).unwrap();
+    std::fs::write(overlay.join("lib/modules/order"), "nosuchmod\n").unwrap();
+    let appended = Command::new("sh")
+        .arg("-c")
+        .arg("find lib | cpio -o -H newc --quiet >> ../initrd-base.cpio")
+        .current_dir(&overlay)
+        .status()
+        .unwrap();
+    assert!(appended.success());
+
+    let s = Setup::new(&["--vm-kernel-dir", kdir.path().to_str().unwrap()]);
+    let r = s.u.run(&["sandbox", "create", "--name", "broken"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("the VM ended before its main process did")
+            && r.stderr.contains("cannot load kernel module nosuchmod"),
+        "{}",
+        r.stderr
+    );
+    assert!(s.vms().is_empty(), "{:?}", s.vms());
+    s.u.run(&["sandbox", "delete", "broken"]).ok();
+    assert!(s.sandbox_dirs().is_empty(), "{:?}", s.sandbox_dirs());
+    drop(s);
+
+    let s = Setup::new(&[
+        "--sandbox-callback",
+        "https://127.0.0.1:1",
+        "--ready-timeout",
+        "10s",
+    ]);
+    let t = Instant::now();
+    let r = s.u.run(&["sandbox", "create", "--name", "lonely"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("the supervisor did not connect within 10 s")
+            && r.stderr.contains("its last output:"),
+        "{}",
+        r.stderr
+    );
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    eprintln!("{}", r.stderr);
+    s.u.run(&["sandbox", "delete", "lonely"]).ok();
+    assert!(s.vms().is_empty(), "{:?}", s.vms());
+    assert!(s.sandbox_dirs().is_empty(), "{:?}", s.sandbox_dirs());
+}

@@ -134,7 +134,7 @@ pub fn tsc_khz(cpuinfo: &str) -> u64 {
 
 /// The kernel command line. No secrets ever go here: it is visible in `ps` on the host.
 pub fn kernel_cmdline(accel: Accel, tsc_khz: u64) -> String {
-    let mut line = "console=ttyS0 quiet panic=-1 reboot=t pci=off".to_string();
+    let mut line = "console=ttyS0 quiet panic=-1 reboot=t".to_string();
     if accel == Accel::Tcg {
         line.push_str(&format!(" tsc_early_khz={tsc_khz}"));
     }

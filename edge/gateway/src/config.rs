@@ -137,6 +137,11 @@ pub struct Args {
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub reload_interval: Duration,
 
+    /// A sandbox whose supervisor has not connected this long after its create or start
+    /// is shown as Error, with the workload's last output.
+    #[arg(long, default_value = "180s", value_parser = parse_duration, env = "OPENSHELL_READY_TIMEOUT")]
+    pub ready_timeout: Duration,
+
     /// VM driver: where per-sandbox VM directories (disk, console log, credentials) and
     /// exported images live. Default: <state-dir>/vm.
     #[arg(long, env = "OPENSHELL_VM_STATE_DIR")]
@@ -269,6 +274,7 @@ pub struct GatewayConfig {
     pub gateway_id: String,
     pub sandbox_image: String,
     pub sandbox_callback: Option<String>,
+    pub ready_timeout: Duration,
     pub vm: VmOptions,
 }
 
@@ -354,6 +360,7 @@ impl Args {
             gateway_id: self.gateway_id,
             sandbox_image: self.sandbox_image,
             sandbox_callback: self.sandbox_callback,
+            ready_timeout: self.ready_timeout,
             vm: VmOptions {
                 state_dir: self.vm_state_dir.unwrap_or_else(|| state_dir.join("vm")),
                 kernel_dir: self.vm_kernel_dir,

@@ -99,6 +99,8 @@ pub async fn run(
             }),
         default_image: config.sandbox_image.clone(),
         callback: callback.clone(),
+        ready_timeout: config.ready_timeout,
+        started_ms: now_ms(),
     });
     let rpc_metrics = Arc::new(metrics::RpcMetrics::default());
     let facts = services::openshell::GatewayFacts {
