@@ -76,7 +76,10 @@ pub async fn rootfs(tool: &str, image: &str, cache: &Path) -> Result<Rootfs, Dri
     tokio::fs::create_dir_all(cache)
         .await
         .map_err(|e| backend("create the image cache", cache, e))?;
-    let tmp = cache.join(format!(".export-{id}-{}", std::process::id()));
+    // Unique per call: two creates of one gateway may export the same image at once.
+    static EXPORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = EXPORTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cache.join(format!(".export-{id}-{}-{n}", std::process::id()));
     let _ = tokio::fs::remove_dir_all(&tmp).await;
     let result = export(tool, image, &tmp).await;
     if let Err(e) = result {

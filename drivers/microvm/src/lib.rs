@@ -589,6 +589,30 @@ impl Inner {
         Ok(())
     }
 
+    /// Removes what creates interrupted by a crash left: hidden `.new-*` sandbox and
+    /// `.export-*` image directories older than an hour (no create takes that long).
+    fn sweep(&self) {
+        let dirs = [self.sandboxes(), self.cfg.state_dir.join("images")];
+        for entry in dirs
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flatten()
+        {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(3600));
+            if (name.starts_with(".new-") || name.starts_with(".export-")) && stale {
+                tracing::warn!(dir = %entry.path().display(), "removing what an interrupted create left");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
     /// Terminates the sandbox's QEMU, if it runs: SIGTERM, then SIGKILL after the grace.
     async fn kill(&self, id: &SandboxId) {
         let Some(pid) = self.pid(id) else { return };
@@ -636,6 +660,7 @@ impl Inner {
     }
 
     fn list(&self) -> Vec<WorkloadStatus> {
+        self.sweep();
         let mut out: Vec<WorkloadStatus> = self
             .ids()
             .iter()
