@@ -253,7 +253,8 @@ fn vm_sandbox_lifecycle() {
         logs.stdout
     );
 
-    // Stop ends the VM and keeps its disk; start boots it again.
+    // Stop ends the VM (the main process gets SIGTERM) and keeps its disk; start boots it
+    // again.
     s.u.run(&["sandbox", "stop", "demo"]).ok();
     assert_eventually!(
         Duration::from_secs(20),
@@ -263,6 +264,14 @@ fn vm_sandbox_lifecycle() {
     );
     assert!(s.vms().is_empty(), "{:?}", s.vms());
     assert!(dir.join("disk.img").exists());
+    // A clean stop: the init asked over the console SIGTERMed the supervisor, which exited.
+    let logs = s.u.run(&["sandbox", "logs", "demo"]).ok();
+    assert!(
+        logs.stdout
+            .contains("openshell-init: main process exited with code 0"),
+        "{}",
+        logs.stdout
+    );
     let t = Instant::now();
     s.u.run(&["sandbox", "start", "demo"]).ok();
     assert_ne!(

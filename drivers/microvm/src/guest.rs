@@ -151,6 +151,9 @@ pub struct Launch<'a> {
     pub initrd: &'a Path,
     pub disk: &'a Path,
     pub console: &'a Path,
+    /// The serial console's socket (for the driver's `stop` request); `None` when its
+    /// path is too long for a Unix socket, then stops are power cuts.
+    pub console_socket: Option<&'a Path>,
     pub pidfile: &'a Path,
     pub cmdline: &'a str,
     /// `-name`, also how a process is recognised as this sandbox's VM.
@@ -184,7 +187,14 @@ pub fn qemu_args(l: &Launch<'_>) -> Vec<String> {
         "-append".into(),
         l.cmdline.into(),
         "-chardev".into(),
-        format!("file,id=con,path={},append=on", p(l.console)),
+        match l.console_socket {
+            Some(sock) => format!(
+                "socket,id=con,path={},server=on,wait=off,logfile={},logappend=on",
+                p(sock),
+                p(l.console)
+            ),
+            None => format!("file,id=con,path={},append=on", p(l.console)),
+        },
         "-serial".into(),
         "chardev:con".into(),
         "-drive".into(),
@@ -200,6 +210,11 @@ pub fn qemu_args(l: &Launch<'_>) -> Vec<String> {
         "-daemonize".into(),
     ]);
     args
+}
+
+/// Whether `path` fits in a Unix socket address (108 bytes with the NUL on Linux).
+pub fn fits_socket(path: &Path) -> bool {
+    path.as_os_str().len() < 108
 }
 
 /// The last `n` lines of a console log, for error messages.
@@ -247,7 +262,8 @@ pub fn state_of(f: Facts, console: &str) -> WorkloadState {
     }
     match exit {
         Some(code) => WorkloadState::Stopped { exit_code: code },
-        // QEMU was terminated by the driver, as `docker stop` reports SIGKILL.
+        // QEMU was terminated by the driver (the main process ignored the stop request,
+        // or there was no console socket), as `docker stop` reports SIGKILL.
         None if f.stopped_by_driver => WorkloadState::Stopped { exit_code: 137 },
         None => WorkloadState::Error(format!(
             "the VM ended before its main process did; console: {}",

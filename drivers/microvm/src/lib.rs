@@ -15,6 +15,7 @@
 //!       env.json       0600: the environment, incl. the sandbox's TLS key
 //!       disk.img       ext4 made with `mkfs.ext4 -d` from the image: kept across stop/start
 //!       console.log    the serial console (kernel, init, main process), all boots appended
+//!       console.sock   the same console as a socket: the driver writes `stop` to it
 //!       boot           where in console.log the current boot starts, and when
 //!       qemu.pid       written by QEMU (`-pidfile`), removed by it when it exits
 //!       stopped        present while the driver has stopped the VM
@@ -38,8 +39,10 @@
 //!
 //! KVM is used when `/dev/kvm` is hardware KVM (vmx/svm flags); otherwise TCG, with
 //! `tsc_early_khz=` on the kernel command line (microvm has no timer to calibrate the TSC).
-//! Stopping a VM terminates QEMU (SIGTERM, then SIGKILL): the guest gets no shutdown, so
-//! only data the guest wrote to disk survives, as after a power cut (ext4 journal).
+//! Stopping a VM asks its init over the serial console to SIGTERM the main process; when
+//! that ends the init syncs the disk and powers off. A guest that does not end within the
+//! grace period has QEMU terminated (SIGTERM, then SIGKILL): a power cut, after which the
+//! ext4 journal and the guest's 1 s writeback interval bound what is lost.
 
 mod cpio;
 mod guest;
@@ -91,7 +94,8 @@ pub struct VmConfig {
     /// its console tail (a hung kernel). Default 120 s: TCG boots in about 3 s here, but two
     /// cores shared by many VMs are slow.
     pub boot_timeout: Duration,
-    /// How long `stop` waits after SIGTERM before SIGKILL. Default 5 s.
+    /// How long `stop` waits for the guest after asking it to stop, and again for QEMU
+    /// after SIGTERM before SIGKILL. Default 5 s.
     pub stop_grace: Duration,
 }
 
@@ -172,11 +176,13 @@ impl VmDriver {
     /// Stops every running VM of this driver (the gateway calls it when it shuts down, so
     /// no VM outlives it); disks stay, and the gateway restarts the VMs on its next start.
     pub async fn stop_all(&self) {
-        for id in self.inner.ids() {
-            if let Err(e) = self.inner.stop(&id).await {
+        let ids = self.inner.ids();
+        let stops = ids.iter().map(|id| async move {
+            if let Err(e) = self.inner.stop(id).await {
                 tracing::warn!(sandbox = %id, error = %e, "cannot stop a VM at shutdown");
             }
-        }
+        });
+        futures::future::join_all(stops).await;
     }
 }
 
@@ -452,7 +458,7 @@ impl Inner {
         match self.boot(id).await {
             Ok(()) => self.status(id),
             Err(e) => {
-                self.kill(id).await;
+                self.terminate(id).await;
                 let _ = std::fs::remove_dir_all(&dir);
                 Err(e)
             }
@@ -543,6 +549,8 @@ impl Inner {
         })?;
         let cmdline = guest::kernel_cmdline(self.accel, self.tsc_khz);
         let name = Self::vm_name(id);
+        let socket = dir.join("console.sock");
+        let _ = std::fs::remove_file(&socket);
         let args = guest::qemu_args(&guest::Launch {
             accel: self.accel,
             cpus,
@@ -551,6 +559,7 @@ impl Inner {
             initrd: &initrd_path,
             disk: &dir.join("disk.img"),
             console: &console,
+            console_socket: guest::fits_socket(&socket).then_some(socket.as_path()),
             pidfile: &dir.join("qemu.pid"),
             cmdline: &cmdline,
             name: &name,
@@ -613,8 +622,30 @@ impl Inner {
         }
     }
 
-    /// Terminates the sandbox's QEMU, if it runs: SIGTERM, then SIGKILL after the grace.
+    /// Stops the sandbox's VM, if it runs: asks the guest init (over the serial console)
+    /// to SIGTERM the main process, whose end powers the VM off; after the grace period
+    /// QEMU itself gets SIGTERM, then SIGKILL.
     async fn kill(&self, id: &SandboxId) {
+        use tokio::io::AsyncWriteExt;
+        if self.pid(id).is_none() {
+            return;
+        }
+        let socket = self.dir(id).join("console.sock");
+        let asked = match tokio::net::UnixStream::connect(&socket).await {
+            Ok(mut s) => s.write_all(b"stop\n").await.is_ok(),
+            Err(_) => false,
+        };
+        if asked {
+            let deadline = tokio::time::Instant::now() + self.cfg.stop_grace;
+            while self.pid(id).is_some() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        self.terminate(id).await;
+    }
+
+    /// Ends the sandbox's QEMU, if it still runs: SIGTERM, then SIGKILL after the grace.
+    async fn terminate(&self, id: &SandboxId) {
         let Some(pid) = self.pid(id) else { return };
         host::signal(pid, "TERM").await;
         let deadline = tokio::time::Instant::now() + self.cfg.stop_grace;
@@ -653,7 +684,8 @@ impl Inner {
             Err(DriverError::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(e),
         }
-        self.kill(id).await;
+        // Its files go too, so there is nothing to let the guest save.
+        self.terminate(id).await;
         std::fs::remove_dir_all(&dir).map_err(|e| io_err("remove", &dir, e))?;
         tracing::info!(id = %id, "VM deleted");
         Ok(())
