@@ -35,6 +35,7 @@ fn build(
         "vm" => Arc::new(VmDriver::new(VmConfig {
             kernel_dir: vm.kernel_dir.clone(),
             qemu: vm.qemu.clone(),
+            image_tool: vm.image_tool.clone(),
             boot_timeout: vm.boot_timeout,
             ..VmConfig::new(gateway.clone(), vm.state_dir.clone())
         })),

@@ -159,6 +159,10 @@ pub struct Args {
     #[arg(long, env = "OPENSHELL_VM_QEMU", default_value = "qemu-system-x86_64")]
     pub vm_qemu: PathBuf,
 
+    /// VM driver: the CLI sandbox images are exported with (docker or podman).
+    #[arg(long, env = "OPENSHELL_VM_IMAGE_TOOL", default_value = "docker", value_parser = ["docker", "podman"])]
+    pub vm_image_tool: String,
+
     /// VM driver: a VM whose init has not started the main process by then is an Error
     /// (with its console tail).
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
@@ -171,6 +175,7 @@ pub struct VmOptions {
     pub state_dir: PathBuf,
     pub kernel_dir: PathBuf,
     pub qemu: PathBuf,
+    pub image_tool: String,
     pub boot_timeout: Duration,
 }
 
@@ -365,6 +370,7 @@ impl Args {
                 state_dir: self.vm_state_dir.unwrap_or_else(|| state_dir.join("vm")),
                 kernel_dir: self.vm_kernel_dir,
                 qemu: self.vm_qemu,
+                image_tool: self.vm_image_tool,
                 boot_timeout: self.vm_boot_timeout,
             },
         })
