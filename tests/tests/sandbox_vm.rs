@@ -501,6 +501,17 @@ async fn vm_driver_exit_codes_persistence_and_ownership() {
     }
 
     driver.delete(&id).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("no Missing event after delete")
+            .unwrap()
+            .unwrap();
+        if e.id == id && e.state == WorkloadState::Missing {
+            break;
+        }
+    }
     driver.delete(&id).await.unwrap();
     assert!(matches!(
         driver.get(&id).await,

@@ -37,6 +37,11 @@
 //! original host so the gateway's certificate still verifies; the gateway may therefore
 //! listen on 127.0.0.1.
 //!
+//! Limits: `cpu` becomes whole vCPUs (`-smp`, rounded up: 0.5 gets one vCPU, not half a
+//! core) and at most the host's CPU count; `memory` is the guest's RAM (`-m`, at least
+//! [`MIN_MEMORY`], 512 MiB when unset). The disk is a sparse file of
+//! [`VmConfig::disk_size`].
+//!
 //! KVM is used when `/dev/kvm` is hardware KVM (vmx/svm flags); otherwise TCG, with
 //! `tsc_early_khz=` on the kernel command line (microvm has no timer to calibrate the TSC).
 //! Stopping a VM asks its init over the serial console to SIGTERM the main process; when
