@@ -62,11 +62,17 @@ pub fn vm_pid(pidfile: &Path, name: &str) -> Option<u32> {
     (is_qemu && is_ours).then_some(pid)
 }
 
-/// Sends `signal` (`TERM`, `KILL`) with kill(1): the workspace forbids `unsafe`, so no libc.
+/// Sends `signal` (`TERM`, `KILL`) with the shell's builtin `kill`: the workspace forbids
+/// `unsafe`, so no libc, and kill(1) (procps) is not on every host.
 pub async fn signal(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
+    let _ = Command::new("sh")
+        .args([
+            "-c",
+            "kill -s \"$1\" \"$2\"",
+            "sh",
+            signal,
+            &pid.to_string(),
+        ])
         .output()
         .await;
 }
