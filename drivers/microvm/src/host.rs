@@ -118,3 +118,71 @@ pub fn host_limits() -> (u32, u64) {
         .unwrap_or(u64::MAX);
     (cpus, mem)
 }
+
+/// The bytes of `path` from `offset` on (none when it cannot be read).
+pub fn read_from(path: &Path, offset: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut out = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path)
+        && f.seek(SeekFrom::Start(offset)).is_ok()
+    {
+        let _ = f.read_to_end(&mut out);
+    }
+    out
+}
+
+/// How much of a boot's console output is read for its state: the start marker comes
+/// early (after a few kernel lines), the exit marker and the tail for messages at the end.
+const HEAD: u64 = 64 << 10;
+const TAIL: u64 = 8 << 10;
+
+/// The console output of one boot (from `offset` on) as text; for a long one only its
+/// head and tail, so reading a chatty sandbox's state stays cheap.
+pub fn read_segment(path: &Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let offset = offset.min(len);
+    if len - offset <= HEAD + TAIL {
+        return String::from_utf8_lossy(&read_from(path, offset)).into_owned();
+    }
+    let mut head = vec![0; HEAD as usize];
+    let mut tail = Vec::new();
+    let ok = f.seek(SeekFrom::Start(offset)).is_ok()
+        && f.read_exact(&mut head).is_ok()
+        && f.seek(SeekFrom::Start(len - TAIL)).is_ok()
+        && f.read_to_end(&mut tail).is_ok();
+    if !ok {
+        return String::new();
+    }
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&head),
+        String::from_utf8_lossy(&tail)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        std::fs::write(&path, "old boot\nnew boot\n").unwrap();
+        assert_eq!(read_segment(&path, 9), "new boot\n");
+        assert_eq!(read_segment(&path, 99), "");
+        assert_eq!(read_from(&path, 13), b"boot\n");
+        let mut long = "start\n".to_string();
+        long.push_str(&"x".repeat(200 << 10));
+        long.push_str("\nend\n");
+        std::fs::write(&path, &long).unwrap();
+        let seg = read_segment(&path, 0);
+        assert!(seg.starts_with("start\n") && seg.ends_with("\nend\n"));
+        assert_eq!(seg.len() as u64, HEAD + TAIL + 1);
+        assert!(read_segment(&dir.path().join("none"), 0).is_empty());
+    }
+}

@@ -273,10 +273,8 @@ impl Inner {
         let mut fields = boot.split_whitespace();
         let offset: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
         let began: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-        let console = std::fs::read(dir.join("console.log")).unwrap_or_default();
-        let from = (offset as usize).min(console.len());
         (
-            String::from_utf8_lossy(&console[from..]).into_owned(),
+            host::read_segment(&dir.join("console.log"), offset),
             now_secs().saturating_sub(began),
         )
     }
@@ -842,11 +840,9 @@ impl ComputeDriver for VmDriver {
                         }
                         // Read the liveness first: a VM that ended has written everything.
                         let alive = follow && inner.pid(&id).is_some();
-                        let data = std::fs::read(&path).unwrap_or_default();
-                        if data.len() > pos {
-                            partial.extend_from_slice(&data[pos..]);
-                            pos = data.len();
-                        }
+                        let data = host::read_from(&path, pos as u64);
+                        pos += data.len();
+                        partial.extend_from_slice(&data);
                         while let Some(i) = partial.iter().position(|b| *b == b'\n') {
                             let raw: Vec<u8> = partial.drain(..=i).collect();
                             let text = String::from_utf8_lossy(&raw);
