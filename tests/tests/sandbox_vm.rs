@@ -567,14 +567,14 @@ fn vm_that_never_reports_in_is_an_error_with_its_console() {
         "--sandbox-callback",
         "https://127.0.0.1:1",
         "--ready-timeout",
-        "10s",
+        "15s",
     ]);
     let t = Instant::now();
     let r = s.u.run(&["sandbox", "create", "--name", "lonely"]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     assert!(
         r.stderr
-            .contains("the supervisor did not connect within 10 s")
+            .contains("the supervisor did not connect within 15 s")
             && r.stderr.contains("its last output:"),
         "{}",
         r.stderr
