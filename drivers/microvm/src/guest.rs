@@ -99,6 +99,15 @@ pub enum Accel {
     Tcg,
 }
 
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
 /// Picks KVM when it can run a stock kernel, and says why. A `/dev/kvm` without the vmx or
 /// svm CPU flag is not hardware KVM (PVM, for one, runs only PVM-built guests and a stock
 /// kernel hangs right after the real-mode stub), so that falls back to TCG.

@@ -597,7 +597,7 @@ impl Inner {
                 message: format!("qemu exited with {}: {err}", out.status),
             });
         }
-        tracing::info!(sandbox = %meta.name, id = %id, accel = ?self.accel, cpus, memory_mib, "VM started");
+        tracing::info!(sandbox = %meta.name, id = %id, accel = %self.accel, cpus, memory_mib, "VM started");
         Ok(())
     }
 
@@ -736,7 +736,7 @@ impl ComputeDriver for VmDriver {
                     String::from_utf8_lossy(&o.stdout)
                         .lines()
                         .next()
-                        .map(|l| format!("{} ({:?})", l.trim(), self.inner.accel))
+                        .map(|l| format!("{}, accel {}", l.trim(), self.inner.accel))
                 }),
             DriverHealth::Unhealthy(_) => None,
         };
