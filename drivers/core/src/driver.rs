@@ -71,4 +71,10 @@ pub trait ComputeDriver: Send + Sync + 'static {
     /// (across restarts). With `follow` the stream goes on until the workload stops;
     /// without, it ends after the lines written so far.
     async fn logs(&self, id: &SandboxId, follow: bool) -> Result<LogStream, DriverError>;
+
+    /// Called once when the gateway shuts down. Workloads that must not outlive it (VMs
+    /// are processes of the gateway's host, not of a runtime daemon) are stopped here, so
+    /// the gateway restarts them at its next start; the default does nothing, since
+    /// containers keep running under their runtime.
+    async fn shutdown(&self) {}
 }

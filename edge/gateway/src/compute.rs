@@ -7,14 +7,17 @@ use std::sync::Arc;
 
 use openshell_driver_docker::{DockerConfig, DockerDriver, PodmanConfig, PodmanDriver};
 use openshell_driver_kubernetes::{ClusterSource, KubernetesConfig, KubernetesDriver};
+use openshell_driver_vm::{VmConfig, VmDriver};
 use openshell_drivers::{ComputeDriver, DriverHealth, GatewayId};
 
 use crate::GatewayError;
-use crate::config::{DriverChoice, KubernetesSettings};
+use crate::config::{DriverChoice, KubernetesSettings, VmOptions};
 
 /// Backends compiled into this build, in auto-detection order (Kubernetes only when a
-/// cluster is configured, see [`KubernetesSettings::configured`]).
-pub const COMPILED: &[&str] = &["kubernetes", "podman", "docker"];
+/// cluster is configured, see [`KubernetesSettings::configured`]; the VM driver never).
+pub const COMPILED: &[&str] = &["kubernetes", "podman", "docker", "vm"];
+/// Backends used only when named: a VM per sandbox is a choice, not a fallback.
+const NAMED_ONLY: &[&str] = &["vm"];
 
 /// The compute side of the gateway.
 pub struct Compute {
@@ -27,6 +30,7 @@ pub struct DriverSettings {
     /// Podman's API socket; `None` = the default discovery of `PodmanConfig::new`.
     pub podman_socket: Option<std::path::PathBuf>,
     pub kubernetes: KubernetesSettings,
+    pub vm: VmOptions,
 }
 
 async fn kubernetes(
@@ -65,9 +69,16 @@ async fn build(
             }
             Arc::new(PodmanDriver::new(config))
         }
+        "vm" => Arc::new(VmDriver::new(VmConfig {
+            kernel_dir: settings.vm.kernel_dir.clone(),
+            qemu: settings.vm.qemu.clone(),
+            image_tool: settings.vm.image_tool.clone(),
+            boot_timeout: settings.vm.boot_timeout,
+            ..VmConfig::new(gateway.clone(), settings.vm.state_dir.clone())
+        })),
         other => {
             return Err(GatewayError::Config(format!(
-                "the {other} compute driver is not part of this build yet: use docker, podman or kubernetes"
+                "the {other} compute driver is not part of this build: use docker, podman, kubernetes or vm"
             )));
         }
     };
@@ -95,7 +106,7 @@ impl Compute {
                 active: Some((name, driver)),
             });
         }
-        for name in COMPILED {
+        for name in COMPILED.iter().filter(|n| !NAMED_ONLY.contains(n)) {
             if *name == "kubernetes" && !settings.kubernetes.configured() {
                 continue;
             }

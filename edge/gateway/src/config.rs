@@ -176,6 +176,47 @@ pub struct Args {
     /// How often the PKI files are checked for changes (certificate rotation, revocation).
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub reload_interval: Duration,
+
+    /// A sandbox whose supervisor has not connected this long after its create or start
+    /// is shown as Error, with the workload's last output.
+    #[arg(long, default_value = "180s", value_parser = parse_duration, env = "OPENSHELL_READY_TIMEOUT")]
+    pub ready_timeout: Duration,
+
+    /// VM driver: where per-sandbox VM directories (disk, console log, credentials) and
+    /// exported images live. Default: <state-dir>/vm.
+    #[arg(long, env = "OPENSHELL_VM_STATE_DIR")]
+    pub vm_state_dir: Option<PathBuf>,
+
+    /// VM driver: the guest kernel artifacts made by scripts/build-vm-kernel.
+    #[arg(
+        long,
+        env = "OPENSHELL_VM_KERNEL_DIR",
+        default_value = openshell_driver_vm::DEFAULT_KERNEL_DIR
+    )]
+    pub vm_kernel_dir: PathBuf,
+
+    /// VM driver: the QEMU binary.
+    #[arg(long, env = "OPENSHELL_VM_QEMU", default_value = "qemu-system-x86_64")]
+    pub vm_qemu: PathBuf,
+
+    /// VM driver: the CLI sandbox images are exported with (docker or podman).
+    #[arg(long, env = "OPENSHELL_VM_IMAGE_TOOL", default_value = "docker", value_parser = ["docker", "podman"])]
+    pub vm_image_tool: String,
+
+    /// VM driver: a VM whose init has not started the main process by then is an Error
+    /// (with its console tail).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub vm_boot_timeout: Duration,
+}
+
+/// Settings of the VM driver (`--drivers vm`).
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    pub state_dir: PathBuf,
+    pub kernel_dir: PathBuf,
+    pub qemu: PathBuf,
+    pub image_tool: String,
+    pub boot_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -307,6 +348,8 @@ pub struct GatewayConfig {
     pub sandbox_callback: Option<String>,
     pub podman_socket: Option<PathBuf>,
     pub kubernetes: KubernetesSettings,
+    pub ready_timeout: Duration,
+    pub vm: VmOptions,
 }
 
 impl Args {
@@ -380,7 +423,7 @@ impl Args {
         Ok(GatewayConfig {
             listen: self.listen,
             listeners,
-            state_dir,
+            state_dir: state_dir.clone(),
             tls,
             health_listen: self.health_listen,
             tunnel_targets,
@@ -400,6 +443,14 @@ impl Args {
                 service_account: self.k8s_service_account,
                 runtime_class: self.k8s_runtime_class,
                 image_pull_policy: self.k8s_image_pull_policy,
+            },
+            ready_timeout: self.ready_timeout,
+            vm: VmOptions {
+                state_dir: self.vm_state_dir.unwrap_or_else(|| state_dir.join("vm")),
+                kernel_dir: self.vm_kernel_dir,
+                qemu: self.vm_qemu,
+                image_tool: self.vm_image_tool,
+                boot_timeout: self.vm_boot_timeout,
             },
         })
     }

@@ -90,6 +90,7 @@ pub async fn run(
             &compute::DriverSettings {
                 podman_socket: config.podman_socket.clone(),
                 kubernetes: config.kubernetes.clone(),
+                vm: config.vm.clone(),
             },
         )
         .await?,
@@ -109,6 +110,8 @@ pub async fn run(
             }),
         default_image: config.sandbox_image.clone(),
         callback: callback.clone(),
+        ready_timeout: config.ready_timeout,
+        started_ms: now_ms(),
     });
     let rpc_metrics = Arc::new(metrics::RpcMetrics::default());
     let facts = services::openshell::GatewayFacts {
@@ -177,6 +180,9 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| format!("https://{alias}:{}", addr.port())),
     );
+    // VMs reach the host's loopback through QEMU's user network (the VM driver rewrites the
+    // callback host to 10.0.2.2), so only containers need a non-loopback listener.
+    let vm = compute.active.as_ref().is_some_and(|(n, _)| *n == "vm");
     let on_kubernetes = compute
         .active
         .as_ref()
@@ -188,6 +194,7 @@ pub async fn run(
             "sandbox pods cannot know how to reach this gateway: pass --sandbox-callback https://ADDRESS:PORT (e.g. the gateway's Service)"
         );
     } else if compute.active.is_some()
+        && !vm
         && addr.ip().is_loopback()
         && config.sandbox_callback.is_none()
     {
@@ -225,7 +232,11 @@ pub async fn run(
         ));
     }
     tracing::info!(addr = %addr, transports = %listening.join(","), "listening on {addr}");
-    server.serve(shutdown).await?;
+    let served = server.serve(shutdown).await;
+    if let Some((_, driver)) = &compute.active {
+        driver.shutdown().await;
+    }
+    served?;
     tracing::info!("gateway stopped");
     Ok(())
 }

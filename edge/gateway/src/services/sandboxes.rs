@@ -112,7 +112,17 @@ pub struct Sandboxes {
     /// The endpoint supervisors dial (`https://host.docker.internal:PORT`), filled once the
     /// listener is bound.
     pub callback: Arc<std::sync::OnceLock<String>>,
+    /// A sandbox Provisioning for longer than this (since its create or start, or since
+    /// this gateway started) is shown as Error with the driver's last output
+    /// (`--ready-timeout`).
+    pub ready_timeout: std::time::Duration,
+    /// When this gateway started (ms since the epoch): supervisors of sandboxes adopted
+    /// at start get the full timeout to reconnect.
+    pub started_ms: i64,
 }
+
+/// The start of the reason given to a sandbox whose supervisor never connected.
+const NOT_READY: &str = "the supervisor did not connect within";
 
 fn decode(obj: &StoredObject) -> Result<Record, GatewayError> {
     Record::decode(obj.payload.as_slice()).map_err(|e| {
@@ -166,7 +176,19 @@ impl Sandboxes {
     ) -> Result<Sandbox, GatewayError> {
         let rec = decode(obj)?;
         let session = self.sessions.get(&rec.id);
-        let (phase, reason) = phase_of(rec.running, workload, session.is_some());
+        let (mut phase, mut reason) = phase_of(rec.running, workload, session.is_some());
+        let since = obj.updated_at_ms.max(self.started_ms);
+        if phase == SandboxPhase::Provisioning
+            && crate::now_ms() - since > self.ready_timeout.as_millis() as i64
+        {
+            phase = SandboxPhase::Error;
+            reason = format!(
+                "{NOT_READY} {} s: check that the sandbox can reach the gateway's callback \
+                 endpoint ({})",
+                self.ready_timeout.as_secs(),
+                self.callback.get().map(String::as_str).unwrap_or("unknown")
+            );
+        }
         Ok(Sandbox {
             meta: Some(ObjectMeta {
                 id: rec.id.clone(),
@@ -208,13 +230,41 @@ impl Sandboxes {
         let rec = decode(obj)?;
         let id = SandboxId::new(rec.id.clone())?;
         match self.driver()?.get(&id).await {
-            Ok(w) => self.view(obj, Some(&w.state), &w.runtime_id),
+            Ok(w) => {
+                let mut view = self.view(obj, Some(&w.state), &w.runtime_id)?;
+                if let Some(status) = view.status.as_mut()
+                    && status.reason.starts_with(NOT_READY)
+                {
+                    status.reason.push_str(&self.output_tail(&id).await);
+                }
+                Ok(view)
+            }
             Err(openshell_drivers::DriverError::NotFound { .. }) => {
                 self.view(obj, Some(&WorkloadState::Missing), "")
             }
             Err(e) if e.is_transient() => self.view(obj, None, ""),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The workload's last lines of output, as a diagnostic appended to a reason.
+    async fn output_tail(&self, id: &SandboxId) -> String {
+        use futures::StreamExt;
+        let Ok(driver) = self.driver() else {
+            return String::new();
+        };
+        let Ok(stream) = driver.logs(id, false).await else {
+            return String::new();
+        };
+        let lines: Vec<String> = stream
+            .filter_map(|l| async move { l.ok().map(|l| l.line) })
+            .collect()
+            .await;
+        let tail = &lines[lines.len().saturating_sub(5)..];
+        if tail.is_empty() {
+            return String::new();
+        }
+        format!("; its last output: {}", tail.join(" | "))
     }
 
     pub async fn create(&self, req: CreateSandboxRequest) -> Result<Sandbox, GatewayError> {
@@ -410,15 +460,27 @@ impl Sandboxes {
         let id = SandboxId::new(decode(&obj)?.id)?;
         let w = self.driver()?.stop(&id).await?;
         let obj = self.set_running(&obj, false).await?;
+        self.forget_session(&id);
         self.view(&obj, Some(&w.state), &w.runtime_id)
     }
 
     pub async fn start(&self, name: &str) -> Result<Sandbox, GatewayError> {
         let obj = self.load(name).await?;
         let id = SandboxId::new(decode(&obj)?.id)?;
+        self.forget_session(&id);
         let w = self.driver()?.start(&id).await?;
         let obj = self.set_running(&obj, true).await?;
         self.view(&obj, Some(&w.state), &w.runtime_id)
+    }
+
+    /// Drops the sandbox's session: a stopped workload has no supervisor. A VM's
+    /// supervisor dies with its VM without closing its connection, so its session would
+    /// otherwise look live until the QUIC idle timeout, and a restart would read as Ready
+    /// before the new supervisor connects.
+    fn forget_session(&self, id: &SandboxId) {
+        if let Some(s) = self.sessions.get(id.as_str()) {
+            self.sessions.unregister(id.as_str(), &s.id);
+        }
     }
 
     /// Brings workloads in line with records after a gateway start: restarts sandboxes that

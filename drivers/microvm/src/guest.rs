@@ -1,0 +1,379 @@
+//! What the guest is given, as pure functions: the environment script the init sources,
+//! the callback endpoint as seen from inside QEMU's user network, the kernel command line,
+//! the QEMU arguments, the accelerator choice, and the reading of the console log.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use openshell_drivers::{DriverError, WorkloadState};
+
+/// The host as the guest sees it on QEMU user networking (slirp): connections to it reach
+/// the host's loopback.
+pub const HOST_FROM_GUEST: &str = "10.0.2.2";
+/// Printed by the init right before it runs the main process.
+pub const MARK_STARTED: &str = "openshell-init: starting the main process";
+/// Printed by the init when the main process ends, followed by its exit code.
+pub const MARK_EXITED: &str = "openshell-init: main process exited with code ";
+
+/// `s` quoted for a POSIX shell (single quotes, `'` written as `'\''`).
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn is_env_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The script the guest init sources: the main process's environment, the host's clock
+/// (for a guest whose RTC is unusable) and the command as positional parameters.
+pub fn env_script(
+    env: &BTreeMap<String, String>,
+    command: &[String],
+    epoch_secs: u64,
+) -> Result<String, DriverError> {
+    if command.is_empty() {
+        return Err(DriverError::InvalidSpec(
+            "no command to run: the spec and the image name none".into(),
+        ));
+    }
+    let mut out = String::new();
+    for (k, v) in env {
+        if !is_env_name(k) {
+            return Err(DriverError::InvalidSpec(format!(
+                "environment variable name {k:?} cannot be passed into a VM: use ASCII letters, \
+                 digits and '_', not starting with a digit"
+            )));
+        }
+        out.push_str(&format!("export {k}={}\n", shell_quote(v)));
+    }
+    out.push_str(&format!("OPENSHELL_VM_EPOCH={epoch_secs}\n"));
+    out.push_str("set --");
+    for arg in command {
+        out.push(' ');
+        out.push_str(&shell_quote(arg));
+    }
+    out.push('\n');
+    Ok(out)
+}
+
+/// The gateway's callback URL as the guest must dial it: the host part becomes
+/// [`HOST_FROM_GUEST`] (QEMU forwards it to the host's loopback, so the gateway may listen
+/// on 127.0.0.1), and the original host is returned as the TLS server name to verify, since
+/// the gateway's certificate names it and not 10.0.2.2. `None` for a URL that is not
+/// `SCHEME://HOST[:PORT][/PATH]`.
+pub fn guest_endpoint(url: &str) -> Option<(String, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+    Some((
+        format!("{scheme}://{HOST_FROM_GUEST}{port}{path}"),
+        host.to_string(),
+    ))
+}
+
+/// How QEMU runs the guest's CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualization through /dev/kvm.
+    Kvm,
+    /// QEMU's software emulation: works everywhere, 10 to 50 times slower.
+    Tcg,
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+/// Picks KVM when it can run a stock kernel, and says why. A `/dev/kvm` without the vmx or
+/// svm CPU flag is not hardware KVM (PVM, for one, runs only PVM-built guests and a stock
+/// kernel hangs right after the real-mode stub), so that falls back to TCG.
+pub fn choose_accel(kvm_device: bool, cpuinfo: &str) -> (Accel, &'static str) {
+    let hw = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    match (kvm_device, hw) {
+        (true, true) => (Accel::Kvm, "/dev/kvm is usable and the CPU has vmx/svm"),
+        (false, _) => (Accel::Tcg, "there is no usable /dev/kvm"),
+        (true, false) => (
+            Accel::Tcg,
+            "/dev/kvm exists but the CPU has no vmx/svm flag (not hardware KVM, e.g. PVM, \
+             where stock kernels hang)",
+        ),
+    }
+}
+
+/// The host TSC frequency in kHz from `/proc/cpuinfo` (`cpu MHz`); under TCG the guest
+/// counts host TSC ticks, and microvm has no PIT/HPET to calibrate against, so the kernel
+/// must be told (`tsc_early_khz=`) or it hangs.
+pub fn tsc_khz(cpuinfo: &str) -> u64 {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|mhz| (mhz * 1000.0) as u64)
+        .filter(|khz| *khz > 0)
+        .unwrap_or(2_000_000)
+}
+
+/// The kernel command line. No secrets ever go here: it is visible in `ps` on the host.
+pub fn kernel_cmdline(accel: Accel, tsc_khz: u64) -> String {
+    let mut line = "console=ttyS0 quiet panic=-1 reboot=t".to_string();
+    if accel == Accel::Tcg {
+        line.push_str(&format!(" tsc_early_khz={tsc_khz}"));
+    }
+    line
+}
+
+/// Everything one VM start needs.
+#[derive(Debug, Clone)]
+pub struct Launch<'a> {
+    pub accel: Accel,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub disk: &'a Path,
+    pub console: &'a Path,
+    /// The serial console's socket (for the driver's `stop` request); `None` when its
+    /// path is too long for a Unix socket, then stops are power cuts.
+    pub console_socket: Option<&'a Path>,
+    pub pidfile: &'a Path,
+    pub cmdline: &'a str,
+    /// `-name`, also how a process is recognised as this sandbox's VM.
+    pub name: &'a str,
+}
+
+/// QEMU's arguments: a microvm with a serial console appended to a file, one virtio disk,
+/// user networking, no display, daemonized with a pidfile.
+pub fn qemu_args(l: &Launch<'_>) -> Vec<String> {
+    let p = |p: &Path| p.to_string_lossy().into_owned();
+    let mut args: Vec<String> = vec!["-name".into(), l.name.into()];
+    args.extend(["-M".into(), "microvm,rtc=on".into()]);
+    match l.accel {
+        Accel::Kvm => args.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
+        Accel::Tcg => args.extend(["-accel".into(), "tcg".into(), "-cpu".into(), "max".into()]),
+    }
+    args.extend([
+        "-smp".into(),
+        l.cpus.to_string(),
+        "-m".into(),
+        format!("{}M", l.memory_mib),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-kernel".into(),
+        p(l.kernel),
+        "-initrd".into(),
+        p(l.initrd),
+        "-append".into(),
+        l.cmdline.into(),
+        "-chardev".into(),
+        match l.console_socket {
+            Some(sock) => format!(
+                "socket,id=con,path={},server=on,wait=off,logfile={},logappend=on",
+                p(sock),
+                p(l.console)
+            ),
+            None => format!("file,id=con,path={},append=on", p(l.console)),
+        },
+        "-serial".into(),
+        "chardev:con".into(),
+        "-drive".into(),
+        format!("id=disk,file={},format=raw,if=none", p(l.disk)),
+        "-device".into(),
+        "virtio-blk-device,drive=disk".into(),
+        "-netdev".into(),
+        "user,id=net".into(),
+        "-device".into(),
+        "virtio-net-device,netdev=net".into(),
+        "-pidfile".into(),
+        p(l.pidfile),
+        "-daemonize".into(),
+    ]);
+    args
+}
+
+/// Whether `path` fits in a Unix socket address (108 bytes with the NUL on Linux).
+pub fn fits_socket(path: &Path) -> bool {
+    path.as_os_str().len() < 108
+}
+
+/// The last `n` lines of a console log, for error messages.
+pub fn tail(console: &str, n: usize) -> String {
+    let lines: Vec<&str> = console
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// What the console of the current boot says about the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facts {
+    /// The QEMU process of this sandbox runs.
+    pub alive: bool,
+    /// The driver stopped it (stop, or gateway shutdown).
+    pub stopped_by_driver: bool,
+    /// Seconds since this boot began.
+    pub booting_for: u64,
+    pub boot_timeout: u64,
+}
+
+/// The workload state from the facts and the console output of the current boot.
+pub fn state_of(f: Facts, console: &str) -> WorkloadState {
+    let started = console.contains(MARK_STARTED);
+    let exit = console
+        .rfind(MARK_EXITED)
+        .and_then(|i| console[i + MARK_EXITED.len()..].lines().next())
+        .and_then(|c| c.trim().parse::<i64>().ok());
+    if f.alive {
+        if exit.is_some() || started {
+            return WorkloadState::Running;
+        }
+        if f.booting_for > f.boot_timeout {
+            return WorkloadState::Error(format!(
+                "the VM did not start its main process within {} s (the kernel or the init \
+                 hung); delete the sandbox; console: {}",
+                f.boot_timeout,
+                tail(console, 10)
+            ));
+        }
+        return WorkloadState::Creating;
+    }
+    match exit {
+        Some(code) => WorkloadState::Stopped { exit_code: code },
+        // QEMU was terminated by the driver (the main process ignored the stop request,
+        // or there was no console socket), as `docker stop` reports SIGKILL.
+        None if f.stopped_by_driver => WorkloadState::Stopped { exit_code: 137 },
+        None => WorkloadState::Error(format!(
+            "the VM ended before its main process did; console: {}",
+            tail(console, 10)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_and_env() {
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        let env = BTreeMap::from([
+            ("A".to_string(), "x y".to_string()),
+            ("PEM".to_string(), "-----BEGIN-----\nab'c\n".to_string()),
+        ]);
+        let s = env_script(&env, &["/bin/sh".into(), "-c".into(), "echo $A".into()], 7).unwrap();
+        assert!(s.contains("export A='x y'\n"), "{s}");
+        assert!(
+            s.contains("export PEM='-----BEGIN-----\nab'\\''c\n'\n"),
+            "{s}"
+        );
+        assert!(s.contains("OPENSHELL_VM_EPOCH=7\n"), "{s}");
+        assert!(s.ends_with("set -- '/bin/sh' '-c' 'echo $A'\n"), "{s}");
+        let bad = BTreeMap::from([("A-B".to_string(), String::new())]);
+        let e = env_script(&bad, &["x".into()], 0).unwrap_err().to_string();
+        assert!(e.contains("\"A-B\""), "{e}");
+        assert!(env_script(&env, &[], 0).is_err());
+    }
+
+    #[test]
+    fn endpoints_are_rewritten_for_the_guest() {
+        assert_eq!(
+            guest_endpoint("https://host.docker.internal:17670"),
+            Some((
+                "https://10.0.2.2:17670".into(),
+                "host.docker.internal".into()
+            ))
+        );
+        assert_eq!(
+            guest_endpoint("https://[::1]:5/x"),
+            Some(("https://10.0.2.2:5/x".into(), "::1".into()))
+        );
+        assert_eq!(
+            guest_endpoint("https://gw"),
+            Some(("https://10.0.2.2".into(), "gw".into()))
+        );
+        assert_eq!(guest_endpoint("nonsense"), None);
+    }
+
+    #[test]
+    fn accel() {
+        let pvm = "processor : 0\nflags\t\t: fpu vme sse hypervisor\ncpu MHz\t\t: 2596.122\n";
+        assert_eq!(choose_accel(true, pvm).0, Accel::Tcg);
+        assert!(choose_accel(true, pvm).1.contains("vmx/svm"));
+        assert_eq!(choose_accel(true, "flags : fpu vmx\n").0, Accel::Kvm);
+        assert_eq!(choose_accel(false, "flags : fpu vmx\n").0, Accel::Tcg);
+        assert_eq!(tsc_khz(pvm), 2_596_122);
+        assert_eq!(tsc_khz(""), 2_000_000);
+        assert!(kernel_cmdline(Accel::Tcg, 5).ends_with("tsc_early_khz=5"));
+        assert!(!kernel_cmdline(Accel::Kvm, 5).contains("tsc"));
+    }
+
+    #[test]
+    fn states() {
+        let f = Facts {
+            alive: true,
+            stopped_by_driver: false,
+            booting_for: 1,
+            boot_timeout: 60,
+        };
+        assert_eq!(state_of(f, "[0.1] boot\n"), WorkloadState::Creating);
+        assert_eq!(
+            state_of(f, &format!("{MARK_STARTED}\n")),
+            WorkloadState::Running
+        );
+        let slow = Facts {
+            booting_for: 61,
+            ..f
+        };
+        assert!(
+            matches!(state_of(slow, "Probing EDD... ok\n"), WorkloadState::Error(e) if e.contains("within 60 s") && e.contains("Probing EDD"))
+        );
+        let dead = Facts { alive: false, ..f };
+        assert_eq!(
+            state_of(dead, &format!("{MARK_STARTED}\n{MARK_EXITED}3\n")),
+            WorkloadState::Stopped { exit_code: 3 }
+        );
+        assert!(
+            matches!(state_of(dead, "Kernel panic - not syncing\n"), WorkloadState::Error(e) if e.contains("Kernel panic"))
+        );
+        let stopped = Facts {
+            stopped_by_driver: true,
+            ..dead
+        };
+        assert_eq!(
+            state_of(stopped, MARK_STARTED),
+            WorkloadState::Stopped { exit_code: 137 }
+        );
+    }
+}
