@@ -324,16 +324,22 @@ fn interactive(s: &SandboxEnv) {
     let mut stdin = child.stdin.take().unwrap();
     std::thread::sleep(Duration::from_secs(3));
     stdin.write_all(b"echo interactive-$((20+22))\n").unwrap();
-    stdin.write_all(b"stty size\n").unwrap();
-    stdin.write_all(b"exit 0\n").unwrap();
+    stdin
+        .write_all(b"test -t 0 && echo on-a-terminal\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // Ctrl-D at an empty prompt ends the shell, and with it the command.
+    stdin.write_all(b"\x04").unwrap();
+    let out = wait_with_timeout(child, Duration::from_secs(20));
     drop(stdin);
-    let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("interactive-42"),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(text.contains("on-a-terminal"), "{text}");
+    assert!(out.status.success(), "{:?}", out.status);
 }
 
 /// Upload and download: 100 MiB each way with equal digests, directories, atomicity.
