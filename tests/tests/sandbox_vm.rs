@@ -4,9 +4,8 @@
 //! sandbox is Ready only then. Stop/start, delete, gateway shutdown and bad input, through
 //! the real `openshell` CLI. Under TCG (this machine's /dev/kvm is PVM) a boot takes a few
 //! seconds, so the boots are few.
-//!
-//! Not covered here yet: `openshell sandbox exec` into a VM (the supervisor's SSH relay is
-//! built on another branch; its assertion belongs in `vm_sandbox_lifecycle` once merged).
+//! `openshell sandbox exec` reaches into the VM like into a container: through the gateway's
+//! relay to the supervisor's SSH server, over the guest's one QUIC connection.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -253,6 +252,22 @@ fn vm_sandbox_lifecycle() {
         logs.stdout
     );
 
+    // Exec through the relay into the guest: output, exit code, and a file the stop/start
+    // below must keep.
+    let t = Instant::now();
+    let r = s.u.run(&[
+        "sandbox",
+        "exec",
+        "demo",
+        "--",
+        "sh",
+        "-c",
+        "uname -r; echo kept > /root/exec-file; exit 3",
+    ]);
+    eprintln!("vm exec round trip: {:?}", t.elapsed());
+    assert_eq!(r.code, 3, "{}\n{}\n{}", r.stdout, r.stderr, s.gw().logs());
+    assert!(r.stdout.contains("cloud-amd64"), "{}", r.stdout);
+
     // Stop ends the VM (the main process gets SIGTERM) and keeps its disk; start boots it
     // again.
     s.u.run(&["sandbox", "stop", "demo"]).ok();
@@ -287,6 +302,10 @@ fn vm_sandbox_lifecycle() {
         s.gw().logs()
     );
     eprintln!("vm start-to-Ready (second boot): {:?}", t.elapsed());
+    let r =
+        s.u.run(&["sandbox", "exec", "demo", "--", "cat", "/root/exec-file"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stderr, s.gw().logs());
+    assert_eq!(r.stdout, "kept\n");
 
     // Bad input: clear errors, nothing left behind.
     let r =
