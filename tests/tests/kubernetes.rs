@@ -780,6 +780,19 @@ fn a_sandbox_becomes_ready_on_kubernetes_through_the_gateway() {
         pod["spec"]["containers"][0]["resources"]["limits"]["cpu"],
         "500m"
     );
+    // Exec through the gateway's relay to the supervisor (here on the node the test plays):
+    // the same path as on every other driver.
+    let r = s.u.run(&[
+        "sandbox",
+        "exec",
+        "demo",
+        "--",
+        "sh",
+        "-c",
+        "echo from-the-pod; exit 5",
+    ]);
+    assert_eq!(r.code, 5, "{}\n{}", r.stderr, s.gw.as_ref().unwrap().logs());
+    assert_eq!(r.stdout, "from-the-pod\n");
 
     // Stop deletes the pod (the supervisor goes with it); start brings it back Ready.
     s.u.run(&["sandbox", "stop", "demo"]).ok();

@@ -35,6 +35,6 @@ pub use error::DriverError;
 pub use fake::{FakeDriver, FakeRuntime};
 pub use types::{
     DriverHealth, DriverInfo, GatewayId, LABEL_GATEWAY, LABEL_IMAGE, LABEL_MANAGED, LABEL_PREFIX,
-    LABEL_SANDBOX_ID, LABEL_SANDBOX_NAME, LogLine, OutputStream, SandboxId, SandboxName,
-    SandboxSpec, WorkloadEvent, WorkloadState, WorkloadStatus,
+    LABEL_SANDBOX_ID, LABEL_SANDBOX_NAME, LogLine, OutputStream, SECRET_ENV, SandboxId,
+    SandboxName, SandboxSpec, WorkloadEvent, WorkloadState, WorkloadStatus,
 };

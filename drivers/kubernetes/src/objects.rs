@@ -16,14 +16,10 @@ use openshell_drivers::{
 
 use crate::KubernetesConfig;
 
-/// Environment variables that carry the sandbox's credential. The gateway sets them
-/// (services/sandboxes.rs); this driver keeps their values in the Secret and points the
-/// Pod at them with `secretKeyRef`, so they never appear in the Pod spec.
-pub const CREDENTIAL_ENV: [&str; 3] = [
-    "OPENSHELL_TLS_CA_PEM",
-    "OPENSHELL_TLS_CERT_PEM",
-    "OPENSHELL_TLS_KEY_PEM",
-];
+/// Environment variables that carry the sandbox's credential and SSH host key. The gateway
+/// sets them (services/sandboxes.rs); this driver keeps their values in the Secret and points
+/// the Pod at them with `secretKeyRef`, so they never appear in the Pod spec.
+pub const CREDENTIAL_ENV: [&str; 4] = openshell_drivers::SECRET_ENV;
 
 /// The Secret annotation holding the Pod as created (JSON), from which `start` recreates it.
 pub(crate) const TEMPLATE_ANNOTATION: &str = "openshell.pod-template";
