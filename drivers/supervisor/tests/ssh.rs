@@ -537,6 +537,47 @@ fn direct_tcpip_with_w_and_l() {
         conn.read_exact(&mut got).unwrap();
         assert_eq!(text(&got), msg);
     }
+    // Bulk both ways at once through the forward (an echo peer is the case where a server
+    // that waits for its consumer while holding its only loop deadlocks).
+    const BULK: usize = 40 * 1024 * 1024;
+    let mut writer_conn = conn.try_clone().unwrap();
+    let started = Instant::now();
+    let writer = std::thread::spawn(move || {
+        let mut sent = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut state = 7u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = BULK;
+        while left > 0 {
+            let n = left.min(buf.len());
+            fill(&mut state, &mut buf[..n]);
+            sent.update(&buf[..n]);
+            writer_conn.write_all(&buf[..n]).unwrap();
+            left -= n;
+        }
+        writer_conn.shutdown(std::net::Shutdown::Write).unwrap();
+        sent.finish()
+    });
+    let mut received = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < BULK {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "forward closed after {got} bytes");
+        received.update(&buf[..n]);
+        got += n;
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(
+        writer.join().unwrap().as_ref(),
+        received.finish().as_ref(),
+        "bytes changed on the way through ssh -L"
+    );
+    eprintln!(
+        "ssh -L echo: {} MiB each way in {:.2} s = {:.1} MB/s",
+        BULK / (1024 * 1024),
+        elapsed.as_secs_f64(),
+        BULK as f64 / 1e6 / elapsed.as_secs_f64()
+    );
     drop(conn);
     let _ = fwd.kill();
     let _ = fwd.wait();

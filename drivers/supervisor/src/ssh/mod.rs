@@ -33,14 +33,14 @@
 //! terminal), and the whole group is killed when the channel closes or the connection ends.
 //!
 //! Flow control: russh re-opens the client's window when data arrives, not when it is
-//! consumed, and one loop per connection both reads client data and sends the programs'
-//! output. Waiting in that loop for a slow program would stop its output too (a deadlock
-//! with `cat`), so client data is queued without waiting, up to a per-channel budget
-//! (32 MiB); only a program that is that far behind makes the connection wait.
+//! consumed, and one loop per connection carries all of it, so client data is queued per
+//! channel against a byte budget and waits for a slow consumer only while that cannot
+//! deadlock the loop (see `flow`).
 //!
 //! Not supported: X11 and agent forwarding, remote forwarding (`ssh -R`), Unix-socket
 //! forwarding; they are refused.
 
+mod flow;
 mod forward;
 mod handler;
 mod process;
@@ -134,9 +134,6 @@ impl SshServer {
             // A bigger window than russh's 2 MiB keeps bulk copies (scp, 100 MiB stdin)
             // from waiting on window updates across a relay with a real round-trip time.
             window_size: 8 * 1024 * 1024,
-            // Same reasoning for forwarded TCP channels (whose reads russh queues per
-            // channel): 512 packets of up to 32 KiB before the connection waits.
-            channel_buffer_size: 512,
             ..Default::default()
         };
         Ok(SshServer {
