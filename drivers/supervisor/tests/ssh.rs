@@ -185,6 +185,30 @@ fn stderr_is_separate_without_a_tty() {
 }
 
 #[test]
+fn shell_without_a_tty_reads_commands_from_stdin() {
+    // `ssh -T host` (how VS Code and scripts drive a remote shell): a login shell with
+    // pipes, commands on stdin.
+    let h = Harness::start();
+    let mut child = h
+        .ssh(&["-T"], &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo via-shell; echo shell-err >&2; exit 6\n")
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(30));
+    assert_eq!(text(&out.stdout), "via-shell\n");
+    assert_eq!(text(&out.stderr), "shell-err\n");
+    assert_eq!(out.status.code(), Some(6));
+}
+
+#[test]
 fn env_requests_reach_the_program() {
     let h = Harness::start();
     let out = h.run(

@@ -37,7 +37,7 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// Extra bytes queued without any wait while the consumer's output is stuck: output gets
 /// stuck for a moment whenever the loop is busy, and waiting then only makes it worse.
-const OVERDRAFT: usize = 16 * 1024 * 1024;
+const OVERDRAFT: usize = 48 * 1024 * 1024;
 
 /// Longest wait for budget while the output is stuck and the overdraft is spent too (a
 /// client that sends without reading what comes back): it slows such a client to about
@@ -280,13 +280,17 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1)).await;
         // Output stuck, budget spent: the overdraft takes it at once.
         let started = tokio::time::Instant::now();
-        sink.data(&vec![0u8; OVERDRAFT]).await;
+        let chunks = OVERDRAFT / BUDGET;
+        for _ in 0..chunks {
+            sink.data(&vec![0u8; BUDGET]).await;
+        }
         assert_eq!(started.elapsed(), Duration::ZERO);
         // Overdraft spent too: a short wait, then queued over both.
         sink.data(b"x").await;
         assert_eq!(started.elapsed(), STUCK_WAIT);
-        let _budget = rx.recv().await;
-        assert!(matches!(rx.recv().await, Some(Input::Data(_, Some(_)))));
+        for _ in 0..=chunks {
+            assert!(matches!(rx.recv().await, Some(Input::Data(_, Some(_)))));
+        }
         assert!(matches!(rx.recv().await, Some(Input::Data(_, None))));
         gate.open();
         write.await.unwrap().unwrap();

@@ -30,7 +30,10 @@
 //! sandbox has it), `signal`, stdin with EOF, stdout as data and stderr as extended data
 //! (separate when there is no terminal), `exit-status` or `exit-signal`, then EOF and close.
 //! Children run in the home directory, in their own process group (session, with a
-//! terminal), and the whole group is killed when the channel closes or the connection ends.
+//! terminal), without the supervisor's `OPENSHELL_*` settings (its credential and this host
+//! key) in their environment. If the program still runs when its channel closes or the
+//! connection ends, its whole group is killed; what a program that has exited left running
+//! in the background is left alone, as sshd does (VS Code's server is started that way).
 //!
 //! Flow control: russh re-opens the client's window when data arrives, not when it is
 //! consumed, and one loop per connection carries all of it, so client data is queued per
