@@ -153,15 +153,36 @@ impl SshServer {
         self.inner.public_openssh.clone()
     }
 
-    /// Serves one SSH connection on an already-open byte stream until it ends.
+    /// Serves one SSH connection on an already-open byte stream until it ends. A client
+    /// that disconnects, cleanly or not, ends it with `Ok`; errors are protocol failures.
     pub async fn serve<S>(&self, stream: S) -> Result<(), SshError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let handler = handler::Connection::new();
         let session = russh::server::run_stream(self.inner.config.clone(), stream, handler).await?;
-        session.await?;
-        Ok(())
+        match session.await {
+            Ok(()) => Ok(()),
+            Err(e) if peer_went_away(&e) => {
+                // A client killed or cut off without a goodbye: the connection is over, not
+                // broken.
+                tracing::debug!(reason = %e, "ssh client went away");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn peer_went_away(e: &russh::Error) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        russh::Error::HUP | russh::Error::Disconnect => true,
+        russh::Error::IO(io) => matches!(
+            io.kind(),
+            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+        ),
+        _ => false,
     }
 }
 
