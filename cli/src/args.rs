@@ -57,6 +57,12 @@ pub enum Command {
     /// Create, list, inspect, stop, start and delete sandboxes.
     #[command(visible_alias = "sb")]
     Sandbox(commands::sandbox::SandboxArgs),
+    /// Forward local ports to ports inside sandboxes.
+    #[command(visible_alias = "fwd")]
+    Forward(commands::forward::ForwardArgs),
+    /// Relay stdin/stdout to a sandbox's SSH server (ssh's ProxyCommand; see `sandbox ssh-config`).
+    #[command(hide = true)]
+    SshProxy(commands::ssh::SshProxyArgs),
     /// Certificate authority: issue, list, inspect, revoke and rotate certificates.
     Pki(commands::pki::PkiArgs),
     /// Diagnose configuration, credentials and connectivity.

@@ -90,7 +90,13 @@ impl CliUser {
     /// The `openshell` command with this user's environment and nothing inherited that
     /// could change its behaviour.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(crate::bin("openshell"));
+        self.command_for(crate::bin("openshell"))
+    }
+
+    /// Another program (ssh, script) with this user's environment, so the `openshell` it
+    /// runs (a ProxyCommand) sees this user's configuration.
+    pub fn command_for(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
         for var in [
             "OPENSHELL_GATEWAY",
             "OPENSHELL_GATEWAY_ENDPOINT",

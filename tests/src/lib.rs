@@ -22,9 +22,12 @@ pub fn bin(name: &str) -> PathBuf {
 
 pub mod cli;
 pub mod gateway;
+pub mod kube;
 pub mod nginx;
+pub mod sandboxes;
 pub mod testpki;
 
 pub use cli::{CliUser, Run};
 pub use gateway::Gateway;
+pub use sandboxes::{Runtime, SandboxEnv};
 pub use testpki::{ClientCreds, TestPki};

@@ -3,123 +3,15 @@
 //! inside dials back, and the sandbox is Ready only then. Stop, start, main-process exit,
 //! bad input, gateway restart and delete, through the real `openshell` CLI.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use openshell_tests::{CliUser, Gateway, assert_eventually};
-
-const IMAGE: &str = "openshell-test/sandbox:e2e";
-
-/// Builds the sandbox image (with the supervisor this test run built) unless it is current.
-fn build_image() {
-    let bin = openshell_tests::bin("openshell-sandbox");
-    let target_dir: PathBuf = bin.parent().unwrap().parent().unwrap().to_path_buf();
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new(repo.join("scripts/build-sandbox-image"))
-        .args(["--runtime", "docker", "--tag", IMAGE])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .current_dir(&repo)
-        .output()
-        .expect("cannot run scripts/build-sandbox-image");
-    assert!(
-        out.status.success(),
-        "building the sandbox image failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Containers this test's gateway owns.
-fn containers(gateway_id: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=openshell.gateway={gateway_id}"),
-            "--format",
-            "{{.Names}}",
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-struct Setup {
-    u: CliUser,
-    gw: Option<Gateway>,
-    id: String,
-    state: tempfile::TempDir,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        build_image();
-        let u = CliUser::new();
-        u.run(&["pki", "init"]).ok();
-        let id = format!("e2e-{}", std::process::id());
-        let state = tempfile::tempdir().unwrap();
-        let mut s = Setup {
-            u,
-            gw: None,
-            id,
-            state,
-        };
-        let gw = s.spawn("0.0.0.0:0");
-        let port = gw.addr.port();
-        s.gw = Some(gw);
-        s.u.run(&["pki", "issue", "alice", "--gateway", "local"])
-            .ok();
-        s.u.run(&[
-            "gateway",
-            "add",
-            &format!("https://127.0.0.1:{port}"),
-            "--name",
-            "local",
-        ])
-        .ok();
-        s
-    }
-
-    fn spawn(&self, listen: &str) -> Gateway {
-        Gateway::builder()
-            .pki(&self.u.default_pki_dir())
-            .state_dir(self.state.path())
-            .listen(listen)
-            .arg("--drivers")
-            .arg("docker")
-            .arg("--sandbox-image")
-            .arg(IMAGE)
-            .arg("--gateway-id")
-            .arg(&self.id)
-            .arg("--shutdown-grace")
-            .arg("1s")
-            .spawn()
-    }
-
-    fn phase(&self, name: &str) -> String {
-        let r = self.u.run(&["sandbox", "get", name, "-o", "json"]);
-        if r.code != 0 {
-            return format!("error: {}", r.stderr);
-        }
-        r.json()["phase"].as_str().unwrap_or("").to_string()
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        for c in containers(&self.id) {
-            let _ = Command::new("docker").args(["rm", "-f", &c]).output();
-        }
-    }
-}
+use openshell_tests::sandboxes::IMAGE;
+use openshell_tests::{SandboxEnv, assert_eventually};
 
 #[test]
 fn sandbox_lifecycle_on_docker() {
-    let mut s = Setup::new();
+    let mut s = SandboxEnv::docker();
 
     // Create waits until the supervisor inside has connected back.
     let r = s.u.run(&[
@@ -143,7 +35,7 @@ fn sandbox_lifecycle_on_docker() {
     assert_eq!(list[0]["name"], "demo");
     assert_eq!(list[0]["phase"], "Ready");
     assert_eq!(list[0]["supervisor_connected"], true);
-    assert_eq!(containers(&s.id).len(), 1);
+    assert_eq!(s.containers().len(), 1);
 
     // Stop keeps the workload; the supervisor's session ends with it.
     s.u.run(&["sandbox", "stop", "demo"]).ok();
@@ -286,7 +178,7 @@ fn sandbox_lifecycle_on_docker() {
     assert!(s.u.run(&["sandbox", "get", "noimg"]).code != 0);
     let r = s.u.run(&["sandbox", "get", "nosuch"]).fails();
     assert!(r.stderr.contains("not found"), "{}", r.stderr);
-    assert_eq!(containers(&s.id).len(), 2);
+    assert_eq!(s.containers().len(), 2);
 
     // A gateway restart keeps the sandbox running and its supervisor comes back.
     let port = s.gw.as_ref().unwrap().addr.port();
@@ -327,9 +219,9 @@ fn sandbox_lifecycle_on_docker() {
     // its supervisor comes back (below).
     assert_eventually!(
         Duration::from_secs(15),
-        !containers(&s.id).contains(&orphan),
+        !s.containers().contains(&orphan),
         "the leaked workload was not removed: {:?}",
-        containers(&s.id)
+        s.containers()
     );
     assert_eventually!(
         Duration::from_secs(30),
@@ -340,7 +232,7 @@ fn sandbox_lifecycle_on_docker() {
 
     // Delete removes workloads and records.
     s.u.run(&["sandbox", "delete", "--all"]).ok();
-    assert!(containers(&s.id).is_empty(), "{:?}", containers(&s.id));
+    assert!(s.containers().is_empty(), "{:?}", s.containers());
     let list = s.u.run(&["sandbox", "list", "-o", "json"]).ok().json();
     assert_eq!(list.as_array().unwrap().len(), 0);
 }

@@ -1,12 +1,11 @@
 //! Per-sandbox credentials: minted from the gateway's CA for one sandbox, accepted only for
 //! that sandbox's supervisor callbacks; user certificates cannot make them.
 
-use futures::StreamExt;
 use openshell_proto::open_shell_client::OpenShellClient;
 use openshell_proto::supervisor_client::SupervisorClient;
 use openshell_proto::{
-    GetGatewayInfoRequest, Heartbeat, ReportMainProcessExitRequest, SupervisorHello,
-    SupervisorMessage, gateway_message, supervisor_message,
+    GetGatewayInfoRequest, ReportMainProcessExitRequest, SupervisorHello, SupervisorMessage,
+    supervisor_message,
 };
 use openshell_tests::{CliUser, Gateway};
 use openshell_transport::tls::ClientMaterial;
@@ -49,31 +48,15 @@ async fn a_sandbox_credential_acts_only_for_its_sandbox() {
     let sandbox = connect(&gw, &ca, cert.as_bytes(), key.as_bytes()).await;
     let mut sup = SupervisorClient::new(sandbox.channel());
 
-    // Its own sandbox: a session, and heartbeats answered.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(hello("sb1")).await.unwrap();
-    let mut down = sup
-        .connect_supervisor(tokio_stream::wrappers::ReceiverStream::new(rx))
+    // Its own id, but the gateway has no such sandbox (never created, or deleted): refused,
+    // so the credential of a deleted sandbox opens no session.
+    let err = sup
+        .connect_supervisor(futures::stream::iter(vec![hello("sb1")]))
         .await
-        .unwrap()
-        .into_inner();
-    let first = down.next().await.unwrap().unwrap();
-    assert!(
-        matches!(first.msg, Some(gateway_message::Msg::Accepted(ref a)) if a.heartbeat_interval_secs > 0),
-        "{first:?}"
-    );
-    tx.send(SupervisorMessage {
-        msg: Some(supervisor_message::Msg::Heartbeat(Heartbeat {
-            sent_at_ms: 1,
-        })),
-    })
-    .await
-    .unwrap();
-    let beat = down.next().await.unwrap().unwrap();
-    assert!(
-        matches!(beat.msg, Some(gateway_message::Msg::Heartbeat(_))),
-        "{beat:?}"
-    );
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert!(err.message().contains("no record"), "{}", err.message());
 
     // Another sandbox's id: refused.
     let err = sup
@@ -122,88 +105,54 @@ async fn a_sandbox_credential_acts_only_for_its_sandbox() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 }
 
-/// The real `openshell-sandbox` binary, run on the host with the environment a compute
-/// driver gives it: it connects with its own credential, survives a gateway restart, and
-/// reports its main process's exit before exiting with the same code.
+/// The real `openshell-sandbox` binary inside a real container: its session survives a
+/// gateway restart, and it reports its main process's exit (the gateway logs the code and the
+/// sandbox shows it).
 #[test]
 fn supervisor_reconnects_after_a_gateway_restart_and_reports_its_main_exit() {
-    let u = CliUser::new();
-    u.run(&["pki", "init"]).ok();
-    let pki = openshell_pki::PkiDir::new(u.default_pki_dir());
-    let state = tempfile::tempdir().unwrap();
-    let spawn = |listen: &str| {
-        Gateway::builder()
-            .pki(pki.path())
-            .state_dir(state.path())
-            .listen(listen)
-            .arg("--shutdown-grace")
-            .arg("1s")
-            .spawn()
-    };
-    let mut gw = spawn("127.0.0.1:0");
-    let addr = gw.addr;
-    let (cert, key, _) = openshell_pki::Ca::load(&pki)
-        .unwrap()
-        .mint_sandbox_credential("sb1", openshell_pki::Duration::parse("1h").unwrap())
-        .unwrap();
-    let stop = u.path("stop-main");
-    let mut sup = std::process::Command::new(openshell_tests::bin("openshell-sandbox"))
-        .env("OPENSHELL_ENDPOINT", format!("https://{addr}"))
-        .env("OPENSHELL_SANDBOX_ID", "sb1")
-        .env("OPENSHELL_SERVER_NAME", "localhost")
-        .env(
-            "OPENSHELL_TLS_CA_PEM",
-            std::fs::read_to_string(pki.ca_cert_path()).unwrap(),
-        )
-        .env("OPENSHELL_TLS_CERT_PEM", &cert)
-        .env("OPENSHELL_TLS_KEY_PEM", &key)
-        .env_remove("RUST_LOG")
-        .args(["--", "sh", "-c"])
-        .arg(format!(
-            "while [ ! -f {} ]; do sleep 0.1; done; exit 3",
-            stop.display()
-        ))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let connected = |g: &Gateway| g.logs().matches("supervisor connected").count();
-    openshell_tests::assert_eventually!(
-        std::time::Duration::from_secs(15),
-        connected(&gw) >= 1,
-        "the supervisor never connected:\n{}",
-        gw.logs()
-    );
-    gw.terminate();
-    gw.wait_exit(std::time::Duration::from_secs(15))
-        .expect("gateway did not stop");
-    drop(gw);
-    let gw = spawn(&addr.to_string());
+    let mut s = openshell_tests::SandboxEnv::docker();
+    s.u.run(&[
+        "sandbox",
+        "create",
+        "--name",
+        "quitter",
+        "--",
+        "sh",
+        "-c",
+        "while [ ! -f /tmp/stop ]; do sleep 0.1; done; exit 3",
+    ])
+    .ok();
+    s.restart_gateway();
+    let connected =
+        |s: &openshell_tests::SandboxEnv| s.logs().matches("supervisor connected").count();
     openshell_tests::assert_eventually!(
         std::time::Duration::from_secs(20),
-        connected(&gw) >= 1,
+        connected(&s) >= 1 && s.phase("quitter") == "Ready",
         "the supervisor did not reconnect to the restarted gateway:\n{}",
-        gw.logs()
+        s.logs()
     );
-    std::fs::write(&stop, b"").unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = sup.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "supervisor did not exit"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(3));
+    let touched = s
+        .runtime_cli()
+        .args(["exec", "openshell-quitter", "touch", "/tmp/stop"])
+        .output()
+        .unwrap();
+    assert!(touched.status.success());
+    openshell_tests::assert_eventually!(
+        std::time::Duration::from_secs(20),
+        s.phase("quitter") == "Error",
+        "not Error after the main process exited: {}",
+        s.phase("quitter")
+    );
+    let got =
+        s.u.run(&["sandbox", "get", "quitter", "-o", "json"])
+            .ok()
+            .json();
+    assert!(got["reason"].as_str().unwrap().contains("code 3"), "{got}");
     assert!(
-        gw.logs()
+        s.logs()
             .lines()
             .any(|l| l.contains("main process exited") && l.contains("code=3")),
         "{}",
-        gw.logs()
+        s.logs()
     );
 }

@@ -2,11 +2,14 @@
 
 pub mod completions;
 pub mod doctor;
+pub mod forward;
 pub mod gateway;
 pub mod gateway_info;
 pub mod pki;
 pub mod sandbox;
+pub mod ssh;
 pub mod status;
+pub mod transfer;
 
 use std::process::ExitCode;
 
@@ -21,6 +24,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Pki(args) => pki::run(args, &global).await,
         Command::Sandbox(args) => sandbox::run(args, &global).await,
         Command::Doctor(args) => doctor::run(args, &global).await,
+        Command::Forward(args) => forward::run(args, &global).await,
+        Command::SshProxy(args) => ssh::proxy(args, &global).await,
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -71,6 +71,54 @@ pub enum SandboxCommand {
     Stop { name: Option<String> },
     /// Start a stopped sandbox.
     Start { name: Option<String> },
+    /// Open an interactive shell in a sandbox (over SSH through the gateway; Ctrl-D exits).
+    Connect { name: Option<String> },
+    /// Run a command in a sandbox; its exit code becomes this command's.
+    Exec(ExecArgs),
+    /// Print an ssh_config Host block for a sandbox (plain ssh, scp, VS Code Remote-SSH).
+    SshConfig { name: Option<String> },
+    /// Copy a local file or directory into a sandbox.
+    Upload {
+        name: String,
+        local: std::path::PathBuf,
+        /// Where in the sandbox (an existing directory receives it by name; default: home).
+        dest: Option<String>,
+    },
+    /// Copy a file or directory out of a sandbox.
+    Download {
+        name: String,
+        path: String,
+        /// Where locally (an existing directory receives it by name; default: .).
+        dest: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// Sandbox name (default: the last one used).
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Sandbox name (same as NAME).
+    #[arg(short = 'n', long = "name", id = "name_flag", conflicts_with = "name")]
+    pub name_flag: Option<String>,
+    /// Allocate a terminal (default: when stdin and stdout are terminals).
+    #[arg(short = 't', long, conflicts_with = "no_tty")]
+    pub tty: bool,
+    /// Never allocate a terminal.
+    #[arg(long)]
+    pub no_tty: bool,
+    /// Working directory inside the sandbox.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// Environment for the command (K=V, repeatable).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Give up after this many seconds (exit 124); 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    pub timeout: u64,
+    /// The command and its arguments (after --).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -230,7 +278,7 @@ fn remember(gw: &ResolvedGateway, name: &str) {
     }
 }
 
-fn name_or_last(gw: &ResolvedGateway, name: Option<String>) -> Result<String, CliError> {
+pub(crate) fn name_or_last(gw: &ResolvedGateway, name: Option<String>) -> Result<String, CliError> {
     if let Some(n) = name {
         return Ok(n);
     }
@@ -257,6 +305,45 @@ pub async fn run(args: SandboxArgs, global: &GlobalArgs) -> Result<ExitCode, Cli
     let gw = crate::config::resolve(global)?;
     let conn = crate::client::connect(&gw, global.transport).await?;
     let mut api = OpenShellClient::new(conn.conn.channel());
+    use crate::commands::{ssh, transfer};
+    match args.command {
+        SandboxCommand::Connect { name } => {
+            let name = name_or_last(&gw, name)?;
+            remember(&gw, &name);
+            return ssh::connect(&conn, global, &name).await;
+        }
+        SandboxCommand::Exec(e) => {
+            let name = name_or_last(&gw, e.name.or(e.name_flag))?;
+            remember(&gw, &name);
+            let opts = ssh::ExecOptions {
+                tty: if e.tty {
+                    Some(true)
+                } else if e.no_tty {
+                    Some(false)
+                } else {
+                    None
+                },
+                workdir: e.workdir,
+                env: pairs("--env", &e.env)?.into_iter().collect(),
+                timeout: e.timeout,
+            };
+            return ssh::exec(&conn, global, &name, &e.command, &opts).await;
+        }
+        SandboxCommand::SshConfig { name } => {
+            let name = name_or_last(&gw, name)?;
+            print!("{}", ssh::ssh_config(&conn, global, &name).await?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        SandboxCommand::Upload { name, local, dest } => {
+            remember(&gw, &name);
+            return transfer::upload(&conn, global, &name, &local, dest.as_deref()).await;
+        }
+        SandboxCommand::Download { name, path, dest } => {
+            remember(&gw, &name);
+            return transfer::download(&conn, global, &name, &path, dest.as_deref()).await;
+        }
+        _ => {}
+    }
     match args.command {
         SandboxCommand::Create(c) => {
             let spec = SandboxSpec {
@@ -451,6 +538,11 @@ pub async fn run(args: SandboxArgs, global: &GlobalArgs) -> Result<ExitCode, Cli
             .await?;
             eprintln!("✓ Started sandbox {name}");
         }
+        SandboxCommand::Connect { .. }
+        | SandboxCommand::Exec(_)
+        | SandboxCommand::SshConfig { .. }
+        | SandboxCommand::Upload { .. }
+        | SandboxCommand::Download { .. } => unreachable!("handled above"),
     }
     conn.conn.close().await;
     Ok(ExitCode::SUCCESS)

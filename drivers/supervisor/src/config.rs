@@ -33,6 +33,21 @@ pub enum ConfigError {
     Ssh(#[from] SshError),
 }
 
+/// The supervisor's own variables (credentials, keys, the endpoint), removed from the
+/// environment of every process it starts (the main process, SSH sessions) so they do not
+/// show in `env` or leak to child processes. `OPENSHELL_SANDBOX_ID` stays: it is not secret
+/// and programs may use it.
+pub fn hidden_from_children() -> Vec<std::ffi::OsString> {
+    std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| hides(&k.to_string_lossy()))
+        .collect()
+}
+
+pub(crate) fn hides(name: &str) -> bool {
+    name.starts_with("OPENSHELL_") && name != "OPENSHELL_SANDBOX_ID"
+}
+
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -16,6 +16,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod relay;
 pub mod session;
 pub mod ssh;
 

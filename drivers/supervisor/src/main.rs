@@ -36,9 +36,12 @@ fn main() -> ExitCode {
         let main = if command.is_empty() {
             None
         } else {
-            match tokio::process::Command::new(&command[0])
-                .args(&command[1..])
-                .spawn()
+            let mut main = tokio::process::Command::new(&command[0]);
+            main.args(&command[1..]);
+            for var in openshell_supervisor::config::hidden_from_children() {
+                main.env_remove(var);
+            }
+            match main.spawn()
             {
                 Ok(child) => Some(child),
                 Err(e) => {

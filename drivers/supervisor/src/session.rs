@@ -67,7 +67,7 @@ async fn one_session(
     attempt: &mut u32,
 ) -> Ended {
     let conn = match connector.connect().await {
-        Ok(c) => c,
+        Ok(c) => std::sync::Arc::new(c),
         Err(e) => return Ended::Lost(e.to_string()),
     };
     let (tx, rx) = mpsc::channel::<SupervisorMessage>(16);
@@ -103,7 +103,7 @@ async fn one_session(
             msg = down.next() => match msg {
                 Some(Ok(m)) => match m.msg {
                     Some(gateway_message::Msg::RelayOpen(r)) => {
-                        tracing::warn!(relay = %r.relay_id, "relay requested, but this supervisor does not serve relays yet");
+                        tokio::spawn(crate::relay::serve(conn.clone(), r, tx.clone(), cfg.ssh.clone()));
                     }
                     Some(gateway_message::Msg::Heartbeat(_)) | Some(gateway_message::Msg::Accepted(_)) | None => {}
                 },

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use openshell_driver_kubernetes::PullPolicy;
 use openshell_transport::{Congestion, Listeners, QuicTuning};
 
 use crate::GatewayError;
@@ -109,10 +110,15 @@ pub struct Args {
     #[arg(long, default_value = "cubic", env = "OPENSHELL_CONGESTION")]
     pub congestion: Congestion,
 
-    /// Compute driver: docker, podman, kubernetes or vm. Default: auto-detect (Podman, then
-    /// Docker, whichever runtime answers).
+    /// Compute driver: docker, podman, kubernetes or vm. Default: auto-detect (Kubernetes when
+    /// in a cluster or given --kubeconfig, then Podman, then Docker, whichever answers).
     #[arg(long, alias = "driver", env = "OPENSHELL_DRIVERS", value_enum)]
     pub drivers: Option<DriverChoice>,
+
+    /// Podman API socket. Default: $XDG_RUNTIME_DIR/podman/podman.sock if it exists, else
+    /// /run/podman/podman.sock.
+    #[arg(long, env = "OPENSHELL_PODMAN_SOCKET")]
+    pub podman_socket: Option<PathBuf>,
 
     /// Image for sandboxes whose create request names none (built locally by
     /// scripts/build-sandbox-image; nothing is pulled).
@@ -125,9 +131,43 @@ pub struct Args {
 
     /// URL sandboxes dial to reach this gateway. Default: https://host.docker.internal:PORT
     /// (Docker) or https://host.containers.internal:PORT (Podman); the gateway must then
-    /// listen on an address containers can reach (e.g. --listen 0.0.0.0:17670).
+    /// listen on an address containers can reach (e.g. --listen 0.0.0.0:17670). On
+    /// Kubernetes there is no such alias: set it to the address Pods reach the gateway by
+    /// (its Service).
     #[arg(long, env = "OPENSHELL_SANDBOX_CALLBACK")]
     pub sandbox_callback: Option<String>,
+
+    /// Kubernetes driver: the kubeconfig to use (its current context). Default: in a cluster
+    /// (KUBERNETES_SERVICE_HOST set) the Pod's service account, else what kubectl uses
+    /// (KUBECONFIG or ~/.kube/config). Giving it makes auto-detection try Kubernetes first.
+    #[arg(long, env = "OPENSHELL_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubernetes driver: namespace of the sandbox Pods and Secrets; it must exist.
+    /// Default: the kubeconfig context's namespace (in a cluster: the gateway's own), else
+    /// `default`.
+    #[arg(long, env = "OPENSHELL_K8S_NAMESPACE")]
+    pub k8s_namespace: Option<String>,
+
+    /// Kubernetes driver: service account of the sandbox Pods (its token is never mounted).
+    /// Default: the namespace's `default`.
+    #[arg(long, env = "OPENSHELL_K8S_SERVICE_ACCOUNT")]
+    pub k8s_service_account: Option<String>,
+
+    /// Kubernetes driver: RuntimeClass of the sandbox Pods (gVisor, Kata, ...). Default: the
+    /// node's runtime.
+    #[arg(long, env = "OPENSHELL_K8S_RUNTIME_CLASS")]
+    pub k8s_runtime_class: Option<String>,
+
+    /// Kubernetes driver: image pull policy of the sandbox containers: Always,
+    /// IfNotPresent or Never.
+    #[arg(
+        long,
+        default_value = "IfNotPresent",
+        env = "OPENSHELL_K8S_IMAGE_PULL_POLICY",
+        value_parser = parse_pull_policy
+    )]
+    pub k8s_image_pull_policy: PullPolicy,
 
     /// This gateway's id, written into the ownership labels of its workloads.
     #[arg(long, default_value = "openshell", env = "OPENSHELL_GATEWAY_ID")]
@@ -167,6 +207,33 @@ impl DriverChoice {
 pub enum LogFormat {
     Human,
     Json,
+}
+
+fn parse_pull_policy(s: &str) -> Result<PullPolicy, String> {
+    s.parse()
+}
+
+/// Settings of the Kubernetes driver (used when it is selected or auto-detected).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubernetesSettings {
+    /// `--kubeconfig`; `None` = in-cluster when [`in_cluster`](Self::in_cluster), else what
+    /// kubectl would use.
+    pub kubeconfig: Option<PathBuf>,
+    /// Whether the gateway runs in a Pod (`KUBERNETES_SERVICE_HOST` is set).
+    pub in_cluster: bool,
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
+    pub runtime_class: Option<String>,
+    pub image_pull_policy: PullPolicy,
+}
+
+impl KubernetesSettings {
+    /// Whether auto-detection may try Kubernetes: only when a cluster was configured on
+    /// purpose (a kubeconfig given, or running inside one), never from a stray
+    /// ~/.kube/config.
+    pub fn configured(&self) -> bool {
+        self.kubeconfig.is_some() || self.in_cluster
+    }
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h`.
@@ -238,6 +305,8 @@ pub struct GatewayConfig {
     pub gateway_id: String,
     pub sandbox_image: String,
     pub sandbox_callback: Option<String>,
+    pub podman_socket: Option<PathBuf>,
+    pub kubernetes: KubernetesSettings,
 }
 
 impl Args {
@@ -322,6 +391,16 @@ impl Args {
             gateway_id: self.gateway_id,
             sandbox_image: self.sandbox_image,
             sandbox_callback: self.sandbox_callback,
+            podman_socket: self.podman_socket,
+            kubernetes: KubernetesSettings {
+                kubeconfig: self.kubeconfig,
+                in_cluster: std::env::var_os("KUBERNETES_SERVICE_HOST")
+                    .is_some_and(|v| !v.is_empty()),
+                namespace: self.k8s_namespace,
+                service_account: self.k8s_service_account,
+                runtime_class: self.k8s_runtime_class,
+                image_pull_policy: self.k8s_image_pull_policy,
+            },
         })
     }
 }
@@ -349,6 +428,33 @@ mod tests {
         ]);
         let err = args.into_config().unwrap_err().to_string();
         assert!(err.contains("loopback"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_is_tried_only_when_configured() {
+        let settings = |kubeconfig: Option<&str>, in_cluster| KubernetesSettings {
+            kubeconfig: kubeconfig.map(PathBuf::from),
+            in_cluster,
+            namespace: None,
+            service_account: None,
+            runtime_class: None,
+            image_pull_policy: PullPolicy::IfNotPresent,
+        };
+        assert!(!settings(None, false).configured());
+        assert!(settings(Some("/k"), false).configured());
+        assert!(settings(None, true).configured());
+        let args = Args::parse_from([
+            "openshell-gateway",
+            "--k8s-image-pull-policy",
+            "Never",
+            "--kubeconfig",
+            "/k",
+        ]);
+        let config = args.into_config().unwrap();
+        assert_eq!(config.kubernetes.image_pull_policy, PullPolicy::Never);
+        assert_eq!(config.kubernetes.kubeconfig, Some(PathBuf::from("/k")));
+        let bad = Args::try_parse_from(["openshell-gateway", "--k8s-image-pull-policy", "maybe"]);
+        assert!(bad.unwrap_err().to_string().contains("IfNotPresent"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod config;
 mod error;
 pub mod health;
 pub mod metrics;
+pub mod relays;
 pub mod reload;
 pub mod services;
 pub mod sessions;
@@ -82,7 +83,17 @@ pub async fn run(
         }
     };
 
-    let compute = Arc::new(compute::Compute::select(config.driver, &config.gateway_id).await?);
+    let compute = Arc::new(
+        compute::Compute::select(
+            config.driver,
+            &config.gateway_id,
+            &compute::DriverSettings {
+                podman_socket: config.podman_socket.clone(),
+                kubernetes: config.kubernetes.clone(),
+            },
+        )
+        .await?,
+    );
     let sessions: Arc<dyn sessions::SessionRegistry> = Arc::new(sessions::LocalSessions::default());
     let callback = Arc::new(std::sync::OnceLock::<String>::new());
     let sandboxes = Arc::new(services::sandboxes::Sandboxes {
@@ -120,15 +131,20 @@ pub async fn run(
             }
         });
     }
+    let relays = Arc::new(relays::Relays::default());
     let grpc = build_grpc(
         services::openshell::OpenShellService {
             facts: facts_slot.clone(),
             store: store.clone(),
             secrets,
             compute: compute.clone(),
-            sandboxes,
+            sandboxes: sandboxes.clone(),
         },
-        sessions,
+        services::supervisor::SupervisorService {
+            sessions,
+            relays: relays.clone(),
+            sandboxes: sandboxes.clone(),
+        },
         auth::AuthLayer {
             tls: tls.is_some(),
             revocations: revocations.clone(),
@@ -139,6 +155,8 @@ pub async fn run(
         services: config.tunnel_targets.clone(),
         tls: tls.is_some(),
         revocations: revocations.clone(),
+        sandboxes,
+        relays,
     });
     let server = Server::bind(server_config, grpc, tunnels).await?;
     let addr = server.local_addr();
@@ -159,7 +177,20 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| format!("https://{alias}:{}", addr.port())),
     );
-    if compute.active.is_some() && addr.ip().is_loopback() && config.sandbox_callback.is_none() {
+    let on_kubernetes = compute
+        .active
+        .as_ref()
+        .is_some_and(|(n, _)| *n == "kubernetes");
+    if on_kubernetes && config.sandbox_callback.is_none() {
+        // No host alias exists in a cluster: only the operator knows the Service or
+        // address that Pods reach the gateway by.
+        tracing::warn!(
+            "sandbox pods cannot know how to reach this gateway: pass --sandbox-callback https://ADDRESS:PORT (e.g. the gateway's Service)"
+        );
+    } else if compute.active.is_some()
+        && addr.ip().is_loopback()
+        && config.sandbox_callback.is_none()
+    {
         tracing::warn!(
             "containers cannot reach this gateway at {addr}, a loopback address: for sandboxes to connect back, listen on 0.0.0.0 or the container bridge address"
         );
@@ -202,16 +233,14 @@ pub async fn run(
 /// The gRPC services behind the authorization layer.
 fn build_grpc(
     openshell: services::openshell::OpenShellService,
-    sessions: Arc<dyn sessions::SessionRegistry>,
+    supervisor: services::supervisor::SupervisorService,
     auth: auth::AuthLayer,
 ) -> GrpcService {
     let routes = tonic::service::Routes::new(OpenShellServer::new(openshell))
         .add_service(DiagnosticsServer::new(
             services::diagnostics::DiagnosticsService,
         ))
-        .add_service(SupervisorServer::new(
-            services::supervisor::SupervisorService { sessions },
-        ))
+        .add_service(SupervisorServer::new(supervisor))
         .prepare();
     GrpcService::new(tower::ServiceBuilder::new().layer(auth).service(routes))
 }

@@ -1,7 +1,8 @@
 //! Where CONNECT tunnels go. The client names a target; this decides, never the client:
-//! `echo` (built in, for diagnostics and benchmarks) and `service/NAME` (operator-registered
-//! with `--tunnel-target NAME=HOST:PORT`). Sandbox targets need a compute driver and the
-//! supervisor relay, which this build does not have yet, so they are refused as such.
+//! `echo` (built in, for diagnostics and benchmarks), `service/NAME` (operator-registered
+//! with `--tunnel-target NAME=HOST:PORT`), `sandbox/NAME/ssh` and `sandbox/NAME/port/P`
+//! (a user reaching into a sandbox through its supervisor), and `relay/ID` (a supervisor
+//! connecting back for a relay the gateway asked for; see `relays.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,14 +12,23 @@ use http::{HeaderMap, StatusCode};
 use openshell_transport::{BoxIo, RequestContext, TunnelRefusal, TunnelService, TunnelTarget};
 
 use crate::auth::Revocations;
+use crate::relays::{RELAY_TIMEOUT, Relays};
+use crate::services::sandboxes::Sandboxes;
 
 /// Buffer of the in-process echo target.
 const ECHO_BUFFER: usize = 256 * 1024;
+/// Buffer of the pipe joining a user's tunnel to a supervisor's relay stream.
+const RELAY_BUFFER: usize = 256 * 1024;
+/// The authorization path of relay streams: only sandbox credentials may open them, like
+/// the Supervisor service's RPCs.
+const RELAY_PATH: &str = "/openshell.v1.Supervisor/Relay";
 
 pub struct Tunnels {
     pub services: BTreeMap<String, String>,
     pub tls: bool,
     pub revocations: Arc<Revocations>,
+    pub sandboxes: Arc<Sandboxes>,
+    pub relays: Arc<Relays>,
 }
 
 impl TunnelService for Tunnels {
@@ -28,9 +38,24 @@ impl TunnelService for Tunnels {
         headers: HeaderMap,
     ) -> BoxFuture<'static, Result<BoxIo, TunnelRefusal>> {
         let decision = self.decide(&ctx, &headers);
+        let sandboxes = self.sandboxes.clone();
+        let relays = self.relays.clone();
         Box::pin(async move {
             match decision? {
                 Route::Echo => Ok(echo()),
+                Route::Sandbox(name, target, port) => {
+                    to_sandbox(&sandboxes, &relays, &name, target, port).await
+                }
+                Route::Relay(id, sandbox) => {
+                    let deliver = relays
+                        .claim(&id, &sandbox)
+                        .map_err(|e| TunnelRefusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
+                    let (user_side, supervisor_side) = tokio::io::duplex(RELAY_BUFFER);
+                    deliver.send(Ok(Box::new(user_side))).map_err(|_| {
+                        TunnelRefusal::new(StatusCode::GONE, format!("relay '{id}' was abandoned"))
+                    })?;
+                    Ok(Box::new(supervisor_side) as BoxIo)
+                }
                 Route::Dial(name, addr) => {
                     let stream = tokio::net::TcpStream::connect(&addr).await.map_err(|e| {
                         TunnelRefusal::new(
@@ -49,20 +74,74 @@ impl TunnelService for Tunnels {
 enum Route {
     Echo,
     Dial(String, String),
+    /// A user's tunnel into sandbox NAME: ssh or a port inside it.
+    Sandbox(String, openshell_proto::relay_open::Target, u32),
+    /// A supervisor (of the sandbox with this id) connecting back for relay ID.
+    Relay(String, String),
+}
+
+/// Asks the sandbox's supervisor to connect back for a new relay and waits for it.
+async fn to_sandbox(
+    sandboxes: &Sandboxes,
+    relays: &Relays,
+    name: &str,
+    target: openshell_proto::relay_open::Target,
+    port: u32,
+) -> Result<BoxIo, TunnelRefusal> {
+    use openshell_proto::{GatewayMessage, RelayOpen, gateway_message};
+    let reach = sandboxes.reachable(name).await.map_err(|e| {
+        let status = match &e {
+            crate::GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+            crate::GatewayError::Precondition(_) => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let reason = match e {
+            crate::GatewayError::NotFound(_) => format!(
+                "sandbox '{name}' does not exist: list sandboxes with `openshell sandbox list`"
+            ),
+            other => other.to_string(),
+        };
+        TunnelRefusal::new(status, reason)
+    })?;
+    let (relay, waiter) = relays
+        .request(&reach.id, std::time::Instant::now())
+        .map_err(|e| TunnelRefusal::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))?;
+    let ask = GatewayMessage {
+        msg: Some(gateway_message::Msg::RelayOpen(RelayOpen {
+            relay_id: relay.clone(),
+            target: target as i32,
+            port,
+        })),
+    };
+    if reach.session.tx.send(ask).await.is_err() {
+        relays.cancel(&relay);
+        return Err(TunnelRefusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the supervisor of sandbox '{name}' just disconnected: retry in a moment"),
+        ));
+    }
+    tracing::debug!(sandbox = %name, %relay, "relay requested");
+    match tokio::time::timeout(RELAY_TIMEOUT, waiter).await {
+        Ok(Ok(Ok(io))) => Ok(io),
+        Ok(Ok(Err(why))) => Err(TunnelRefusal::new(
+            StatusCode::BAD_GATEWAY,
+            format!("sandbox '{name}': {why}"),
+        )),
+        Ok(Err(_)) | Err(_) => {
+            relays.cancel(&relay);
+            Err(TunnelRefusal::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the supervisor of sandbox '{name}' did not connect back within {} s: check `openshell sandbox logs {name}`",
+                    RELAY_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+    }
 }
 
 impl Tunnels {
     fn decide(&self, ctx: &RequestContext, headers: &HeaderMap) -> Result<Route, TunnelRefusal> {
-        // Tunnels are authorized like RPCs: the same certificate checks apply.
-        crate::auth::authorize(
-            "/openshell.v1.Tunnel/Open",
-            headers,
-            Some(ctx),
-            self.tls,
-            &self.revocations,
-            std::time::SystemTime::now(),
-        )
-        .map_err(|s| TunnelRefusal::new(StatusCode::FORBIDDEN, s.message()))?;
         let target = TunnelTarget::from_headers(headers).ok_or_else(|| {
             TunnelRefusal::new(
                 StatusCode::BAD_REQUEST,
@@ -72,7 +151,23 @@ impl Tunnels {
                 ),
             )
         })?;
+        // Tunnels are authorized like RPCs: the same certificate checks apply. Relay streams
+        // are the supervisors' (sandbox credentials only); every other target is for users.
+        let path = match target {
+            TunnelTarget::Relay(_) => RELAY_PATH,
+            _ => "/openshell.v1.Tunnel/Open",
+        };
+        let caller = crate::auth::authorize(
+            path,
+            headers,
+            Some(ctx),
+            self.tls,
+            &self.revocations,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|s| TunnelRefusal::new(StatusCode::FORBIDDEN, s.message()))?;
         tracing::info!(%target, "tunnel requested");
+        use openshell_proto::relay_open::Target;
         match target {
             TunnelTarget::Echo => Ok(Route::Echo),
             TunnelTarget::Service(name) => match self.services.get(&name) {
@@ -82,12 +177,21 @@ impl Tunnels {
                     format!("no tunnel target named '{name}' is registered on this gateway"),
                 )),
             },
-            TunnelTarget::SandboxSsh(_)
-            | TunnelTarget::SandboxPort(..)
-            | TunnelTarget::Relay(_) => Err(TunnelRefusal::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "sandbox tunnels are not available: this gateway build has no compute driver",
-            )),
+            TunnelTarget::SandboxSsh(name) => Ok(Route::Sandbox(name, Target::Ssh, 0)),
+            TunnelTarget::SandboxPort(name, port) => {
+                Ok(Route::Sandbox(name, Target::Tcp, u32::from(port)))
+            }
+            TunnelTarget::Relay(id) => {
+                let sandbox = caller
+                    .and_then(|c| c.0.sandbox_id().map(str::to_string))
+                    .ok_or_else(|| {
+                        TunnelRefusal::new(
+                            StatusCode::FORBIDDEN,
+                            "relay streams are for sandbox supervisors only",
+                        )
+                    })?;
+                Ok(Route::Relay(id, sandbox))
+            }
         }
     }
 }

@@ -193,16 +193,9 @@ fn start_dir() -> PathBuf {
 
 /// Variables of the supervisor's own environment that programs must not inherit: the
 /// sandbox's credential and SSH host key (and the rest of the supervisor's settings).
-fn hidden_vars() -> Vec<std::ffi::OsString> {
-    std::env::vars_os()
-        .map(|(k, _)| k)
-        .filter(|k| hides(&k.to_string_lossy()))
-        .collect()
-}
-
-fn hides(name: &str) -> bool {
-    name.starts_with("OPENSHELL_") && name != "OPENSHELL_SANDBOX_ID"
-}
+use crate::config::hidden_from_children as hidden_vars;
+#[cfg(test)]
+use crate::config::hides;
 
 /// The environment added for a program: the client's `env` requests, then what the
 /// session itself defines (these win, as in sshd).

@@ -45,6 +45,35 @@ struct Record {
     /// True while the user wants it running (create, start); false after stop.
     #[prost(bool, tag = "3")]
     running: bool,
+    /// OpenSSH public key line of the sandbox's SSH host key, generated at create. The
+    /// private half goes only to the workload; a supervisor presenting another key is refused.
+    #[prost(string, tag = "4")]
+    ssh_host_key: String,
+}
+
+/// A fresh ed25519 SSH host key: (private key in OpenSSH PEM, public key line).
+fn new_host_key() -> Result<(String, String), GatewayError> {
+    use ring::rand::SecureRandom;
+    let mut seed = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut seed)
+        .map_err(|_| GatewayError::Internal("no randomness for an SSH host key".into()))?;
+    let pair = ssh_key::private::Ed25519Keypair::from_seed(&seed);
+    let key = ssh_key::PrivateKey::from(pair);
+    let pem = key
+        .to_openssh(ssh_key::LineEnding::LF)
+        .map_err(|e| GatewayError::Internal(format!("cannot encode an SSH host key: {e}")))?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| GatewayError::Internal(format!("cannot encode an SSH host key: {e}")))?;
+    Ok((pem.to_string(), public))
+}
+
+/// Where a user's tunnel to a sandbox goes: its id and live supervisor session.
+pub struct Reachable {
+    pub id: String,
+    pub session: crate::sessions::Session,
 }
 
 /// Mints per-sandbox credentials from the gateway's CA.
@@ -155,7 +184,11 @@ impl Sandboxes {
                 driver: String::new(),
                 workload_id: runtime_id.to_string(),
                 supervisor_connected: session.is_some(),
-                ssh_host_key: session.map(|s| s.ssh_host_key).unwrap_or_default(),
+                ssh_host_key: if rec.ssh_host_key.is_empty() {
+                    session.map(|s| s.ssh_host_key).unwrap_or_default()
+                } else {
+                    rec.ssh_host_key.clone()
+                },
                 exit_code: match workload {
                     Some(WorkloadState::Stopped { exit_code }) => *exit_code as i32,
                     _ => 0,
@@ -213,10 +246,12 @@ impl Sandboxes {
             ));
         }
         let id = SandboxId::generate();
+        let (host_key_pem, host_key) = new_host_key()?;
         let record = Record {
             id: id.as_str().to_string(),
             spec: Some(spec.clone()),
             running: true,
+            ssh_host_key: host_key,
         };
         let obj = self
             .store
@@ -234,6 +269,7 @@ impl Sandboxes {
             env.insert("OPENSHELL_TLS_CA_PEM".into(), ca);
             env.insert("OPENSHELL_TLS_CERT_PEM".into(), cert);
             env.insert("OPENSHELL_TLS_KEY_PEM".into(), key);
+            env.insert("OPENSHELL_SSH_HOST_KEY_PEM".into(), host_key_pem);
             let mut command = vec![SUPERVISOR.to_string()];
             if !spec.command.is_empty() {
                 command.push("--".into());
@@ -267,6 +303,42 @@ impl Sandboxes {
                 Err(e)
             }
         }
+    }
+
+    /// The sandbox a user's tunnel should reach, if it can be reached now; otherwise why not,
+    /// with what to do about it.
+    pub async fn reachable(&self, name: &str) -> Result<Reachable, GatewayError> {
+        let obj = self.load(name).await?;
+        let rec = decode(&obj)?;
+        if let Some(session) = self.sessions.get(&rec.id) {
+            return Ok(Reachable {
+                id: rec.id,
+                session,
+            });
+        }
+        Err(GatewayError::Precondition(if rec.running {
+            format!(
+                "sandbox '{name}' is not ready (its supervisor is not connected): wait until `openshell sandbox get {name}` shows Ready"
+            )
+        } else {
+            format!("sandbox '{name}' is stopped: start it with `openshell sandbox start {name}`")
+        }))
+    }
+
+    /// The SSH host key pinned for sandbox `id` at create (empty for sandboxes created before
+    /// keys were pinned).
+    pub async fn pinned_host_key(&self, id: &str) -> Result<String, GatewayError> {
+        let objs = self
+            .store
+            .list(&KIND, &LabelSelector::everything(), None, 0)
+            .await?;
+        for obj in &objs {
+            let rec = decode(obj)?;
+            if rec.id == id {
+                return Ok(rec.ssh_host_key);
+            }
+        }
+        Err(GatewayError::NotFound(format!("sandbox with id '{id}'")))
     }
 
     pub async fn get(&self, name: &str) -> Result<Sandbox, GatewayError> {
@@ -332,18 +404,20 @@ impl Sandboxes {
     }
 
     pub async fn stop(&self, name: &str) -> Result<Sandbox, GatewayError> {
+        // The runtime first: if it cannot stop the workload, the record still says what is
+        // true (running) and the user gets the runtime's error.
         let obj = self.load(name).await?;
         let id = SandboxId::new(decode(&obj)?.id)?;
-        let obj = self.set_running(&obj, false).await?;
         let w = self.driver()?.stop(&id).await?;
+        let obj = self.set_running(&obj, false).await?;
         self.view(&obj, Some(&w.state), &w.runtime_id)
     }
 
     pub async fn start(&self, name: &str) -> Result<Sandbox, GatewayError> {
         let obj = self.load(name).await?;
         let id = SandboxId::new(decode(&obj)?.id)?;
-        let obj = self.set_running(&obj, true).await?;
         let w = self.driver()?.start(&id).await?;
+        let obj = self.set_running(&obj, true).await?;
         self.view(&obj, Some(&w.state), &w.runtime_id)
     }
 

@@ -10,10 +10,14 @@
 //!                      <───────────  SessionAccepted{session_id, heartbeat_interval}
 //!   Heartbeat          <──────────>  Heartbeat
 //!                      <───────────  RelayOpen{relay_id, target}   (when a user connects)
+//!   RelayOpenResult{ok:false} ──────>  (only when the target cannot be reached)
 //! ```
 //!
-//! Methods that need sandbox records (config, provider environment, logs, inference) answer
-//! UNIMPLEMENTED until compute drivers exist.
+//! The hello carries the sandbox's SSH host key; it must be the one the gateway generated and
+//! pinned at create, or the session is refused (users' known_hosts entries come from the pin).
+//!
+//! Methods that need more of the sandbox records (config, provider environment, logs,
+//! inference) answer UNIMPLEMENTED until they are built.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,6 +32,8 @@ use openshell_proto::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Caller;
+use crate::relays::Relays;
+use crate::services::sandboxes::Sandboxes;
 use crate::sessions::{Session, SessionRegistry};
 
 /// How often each side sends a heartbeat.
@@ -37,6 +43,8 @@ type GatewayStream = Pin<Box<dyn Stream<Item = Result<GatewayMessage, Status>> +
 
 pub struct SupervisorService {
     pub sessions: Arc<dyn SessionRegistry>,
+    pub relays: Arc<Relays>,
+    pub sandboxes: Arc<Sandboxes>,
 }
 
 /// The sandbox a request's credential belongs to, checked against the id it names.
@@ -55,6 +63,13 @@ fn own_sandbox<T>(req: &Request<T>, named: &str) -> Result<String, Status> {
         )));
     }
     Ok(own.to_string())
+}
+
+/// Two OpenSSH public key lines name the same key (the comment, if any, does not count).
+fn same_key(a: &str, b: &str) -> bool {
+    a.split_whitespace()
+        .take(2)
+        .eq(b.split_whitespace().take(2))
 }
 
 #[tonic::async_trait]
@@ -77,6 +92,24 @@ impl Supervisor for SupervisorService {
             check.extensions_mut().insert(c);
         }
         let sandbox_id = own_sandbox(&check, &hello.sandbox_id)?;
+        match self.sandboxes.pinned_host_key(&sandbox_id).await {
+            Ok(pinned)
+                if !pinned.is_empty()
+                    && !hello.ssh_host_key.is_empty()
+                    && !same_key(&pinned, &hello.ssh_host_key) =>
+            {
+                tracing::warn!(sandbox = %sandbox_id, "supervisor presented an SSH host key other than the pinned one");
+                return Err(Status::permission_denied(format!(
+                    "sandbox '{sandbox_id}' presented an SSH host key other than the one the gateway pinned at create: the sandbox must use the key in OPENSHELL_SSH_HOST_KEY_PEM"
+                )));
+            }
+            Err(crate::GatewayError::NotFound(_)) => {
+                return Err(Status::not_found(format!(
+                    "sandbox '{sandbox_id}' has no record on this gateway: it was deleted"
+                )));
+            }
+            _ => {}
+        }
 
         let (tx, rx) = tokio::sync::mpsc::channel::<GatewayMessage>(64);
         let session = Session {
@@ -105,6 +138,7 @@ impl Supervisor for SupervisorService {
 
         // Read the supervisor's side until it ends; answer heartbeats.
         let sessions = self.sessions.clone();
+        let relays = self.relays.clone();
         tokio::spawn(async move {
             while let Some(Ok(msg)) = inbound.next().await {
                 match msg.msg {
@@ -123,6 +157,9 @@ impl Supervisor for SupervisorService {
                     }
                     Some(supervisor_message::Msg::RelayResult(r)) => {
                         tracing::debug!(sandbox = %sandbox_id, relay = %r.relay_id, ok = r.ok, "relay result");
+                        if !r.ok {
+                            relays.fail(&r.relay_id, &sandbox_id, r.error);
+                        }
                     }
                     Some(supervisor_message::Msg::Hello(_)) | None => {}
                 }

@@ -496,7 +496,7 @@ impl Connection {
     /// frees the connection now rather than at its idle timeout). It does not wait out
     /// QUIC's draining period (3 PTOs, hundreds of ms on a slow link): a CLI command's wall
     /// time should not include it.
-    pub async fn close(self) {
+    pub async fn close(&self) {
         if let Some((conn, _endpoint)) = &self.quic {
             conn.close(crate::close::h3_no_error(), b"client done");
             // The endpoint's driver task sends the close frame once it runs.

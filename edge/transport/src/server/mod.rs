@@ -229,21 +229,34 @@ impl Server {
                 config.listen
             )));
         }
-        let mut addr = config.listen;
-        let quic = match (&config.tls, config.listeners.quic) {
-            (Some(tls), true) => {
-                let ep = quic::bind(&config, tls, addr)?;
-                addr = ep.local_addr().map_err(|e| TransportError::bind(addr, e))?;
-                Some(ep)
-            }
-            _ => None,
-        };
-        let tcp = if config.listeners.tcp {
-            let l = tcp::bind(addr).await?;
-            addr = l.local_addr().map_err(|e| TransportError::bind(addr, e))?;
-            Some(l)
-        } else {
-            None
+        // Port 0: UDP picks a free port and TCP must then get the same number, which another
+        // process may hold; pick again a few times before giving up.
+        let attempts = if config.listen.port() == 0 { 16 } else { 1 };
+        let mut tries = 0;
+        let (quic, tcp, addr) = loop {
+            tries += 1;
+            let mut addr = config.listen;
+            let quic = match (&config.tls, config.listeners.quic) {
+                (Some(tls), true) => {
+                    let ep = quic::bind(&config, tls, addr)?;
+                    addr = ep.local_addr().map_err(|e| TransportError::bind(addr, e))?;
+                    Some(ep)
+                }
+                _ => None,
+            };
+            let tcp = if config.listeners.tcp {
+                match tcp::bind(addr).await {
+                    Ok(l) => {
+                        addr = l.local_addr().map_err(|e| TransportError::bind(addr, e))?;
+                        Some(l)
+                    }
+                    Err(_) if tries < attempts && quic.is_some() => continue,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                None
+            };
+            break (quic, tcp, addr);
         };
         let (drain_tx, draining) = watch::channel(false);
         let shared = Shared {
