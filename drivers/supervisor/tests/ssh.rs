@@ -839,3 +839,30 @@ fn a_program_that_cannot_start_says_why_and_exits_127() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn garbage_ends_the_connection_without_a_panic() {
+    use tokio::io::AsyncWriteExt;
+    let server = SshServer::new(None).unwrap();
+    let mut state = 0x1234_5678u64;
+    for case in 0..40 {
+        let (mut client, stream) = tokio::io::duplex(64 * 1024);
+        let serving = tokio::spawn({
+            let server = server.clone();
+            async move { server.serve(stream).await }
+        });
+        let mut junk = vec![0u8; 1 + (case * 997) % 8192];
+        fill(&mut state, &mut junk);
+        // Half the cases pass the version exchange and send junk as binary packets.
+        if case % 2 == 0 {
+            let _ = client.write_all(b"SSH-2.0-fuzz\r\n").await;
+        }
+        let _ = client.write_all(&junk).await;
+        drop(client);
+        let ended = tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .unwrap_or_else(|_| panic!("case {case}: the server did not end the connection"));
+        // A panic in the server shows up as a join error.
+        assert!(ended.is_ok(), "case {case}: the server panicked");
+    }
+}
