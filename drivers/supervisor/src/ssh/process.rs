@@ -23,6 +23,9 @@ use tokio::process::Child;
 use tokio::sync::mpsc;
 
 use super::flow::{self, Input, Sink, Tracked};
+// The supervisor's own settings (its credential, this host key) that programs must not
+// inherit; one list for the main process and SSH sessions.
+use crate::config::hidden_from_children as hidden_vars;
 
 /// After a terminal program exits, its output is read until the terminal has been quiet
 /// this long: background jobs may keep the terminal open forever, and a session must end
@@ -190,12 +193,6 @@ fn start_dir() -> PathBuf {
         .or_else(|| std::env::current_dir().ok())
         .unwrap_or_else(|| PathBuf::from("/"))
 }
-
-/// Variables of the supervisor's own environment that programs must not inherit: the
-/// sandbox's credential and SSH host key (and the rest of the supervisor's settings).
-use crate::config::hidden_from_children as hidden_vars;
-#[cfg(test)]
-use crate::config::hides;
 
 /// The environment added for a program: the client's `env` requests, then what the
 /// session itself defines (these win, as in sshd).
@@ -499,6 +496,7 @@ const SIGNALS: &[(&str, i32)] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::hides;
 
     #[test]
     fn signal_names_round_trip() {
