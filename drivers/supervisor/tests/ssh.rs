@@ -14,51 +14,127 @@ use std::time::{Duration, Instant};
 
 use openshell_supervisor::SshServer;
 
-/// An SSH server on a loopback port, served from its own runtime thread.
+/// An SSH server on a loopback port, and a known_hosts file that pins its key.
 struct Harness {
     port: u16,
     dir: tempfile::TempDir,
     known_hosts: PathBuf,
+    _process: Option<ServerProcess>,
+}
+
+/// A server process, killed with its harness.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Accepts TCP on 127.0.0.1:0 and hands each connection to `SshServer::serve` on a runtime
+/// of its own (a thread); returns the port.
+fn serve_on_loopback(server: SshServer) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let server = server.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve(stream).await {
+                        eprintln!("harness: connection ended: {e}");
+                    }
+                });
+            }
+        });
+    });
+    port
+}
+
+/// Set for the copy of this test binary that runs [`server_process`].
+const SERVER_DIR_VAR: &str = "SSH_TEST_SERVER_DIR";
+
+/// Not a test of its own: the server for tests that need the server process to have an
+/// environment of their choosing (the test binary runs itself with `--ignored --exact`).
+/// Writes "PORT PUBLIC_KEY" to `$SSH_TEST_SERVER_DIR/addr`, then serves until killed.
+#[test]
+#[ignore = "started by other tests as a separate server process"]
+fn server_process() {
+    let Some(dir) = std::env::var_os(SERVER_DIR_VAR) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let server = SshServer::new(None).unwrap();
+    let public = server.public_key_openssh();
+    let port = serve_on_loopback(server);
+    let tmp = dir.join("addr.tmp");
+    std::fs::write(&tmp, format!("{port} {public}")).unwrap();
+    std::fs::rename(&tmp, dir.join("addr")).unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 impl Harness {
+    /// A server in this test process.
     fn start() -> Harness {
         let server = SshServer::new(None).expect("ssh server");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let public = server.public_key_openssh();
+        let port = serve_on_loopback(server);
+        Harness::pinned(port, &public, None)
+    }
+
+    /// A server in a process of its own, with `env` added to (and `OPENSHELL_*` removed
+    /// from) the environment it inherits.
+    fn start_process(env: &[(&str, &str)]) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--ignored", "--exact", "server_process", "--nocapture"])
+            .env(SERVER_DIR_VAR, dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("OPENSHELL_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env.iter().copied());
+        let child = cmd.spawn().unwrap();
+        let addr = dir.path().join("addr");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let text = loop {
+            if let Ok(text) = std::fs::read_to_string(&addr) {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "server process never came up");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let (port, public) = text.split_once(' ').unwrap();
+        Harness::pinned(port.parse().unwrap(), public, Some(ServerProcess(child)))
+    }
+
+    /// Known hosts pin `public` for the server on `port`.
+    fn pinned(port: u16, public: &str, process: Option<ServerProcess>) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let known_hosts = dir.path().join("known_hosts");
-        std::fs::write(
-            &known_hosts,
-            format!("[127.0.0.1]:{port} {}\n", server.public_key_openssh()),
-        )
-        .unwrap();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let server = server.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = server.serve(stream).await {
-                            eprintln!("harness: connection ended: {e}");
-                        }
-                    });
-                }
-            });
-        });
+        std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {public}\n")).unwrap();
         Harness {
             port,
             dir,
             known_hosts,
+            _process: process,
         }
     }
 
@@ -182,6 +258,30 @@ fn stderr_is_separate_without_a_tty() {
     // No terminal unless asked for.
     let out = h.run(&[], &["tty"]);
     assert_eq!(text(&out.stdout), "not a tty\n");
+}
+
+#[test]
+fn shell_without_a_tty_reads_commands_from_stdin() {
+    // `ssh -T host` (how VS Code and scripts drive a remote shell): a login shell with
+    // pipes, commands on stdin.
+    let h = Harness::start();
+    let mut child = h
+        .ssh(&["-T"], &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo via-shell; echo shell-err >&2; exit 6\n")
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(30));
+    assert_eq!(text(&out.stdout), "via-shell\n");
+    assert_eq!(text(&out.stderr), "shell-err\n");
+    assert_eq!(out.status.code(), Some(6));
 }
 
 #[test]
@@ -537,6 +637,47 @@ fn direct_tcpip_with_w_and_l() {
         conn.read_exact(&mut got).unwrap();
         assert_eq!(text(&got), msg);
     }
+    // Bulk both ways at once through the forward (an echo peer is the case where a server
+    // that waits for its consumer while holding its only loop deadlocks).
+    const BULK: usize = 40 * 1024 * 1024;
+    let mut writer_conn = conn.try_clone().unwrap();
+    let started = Instant::now();
+    let writer = std::thread::spawn(move || {
+        let mut sent = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut state = 7u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = BULK;
+        while left > 0 {
+            let n = left.min(buf.len());
+            fill(&mut state, &mut buf[..n]);
+            sent.update(&buf[..n]);
+            writer_conn.write_all(&buf[..n]).unwrap();
+            left -= n;
+        }
+        writer_conn.shutdown(std::net::Shutdown::Write).unwrap();
+        sent.finish()
+    });
+    let mut received = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < BULK {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "forward closed after {got} bytes");
+        received.update(&buf[..n]);
+        got += n;
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(
+        writer.join().unwrap().as_ref(),
+        received.finish().as_ref(),
+        "bytes changed on the way through ssh -L"
+    );
+    eprintln!(
+        "ssh -L echo: {} MiB each way in {:.2} s = {:.1} MB/s",
+        BULK / (1024 * 1024),
+        elapsed.as_secs_f64(),
+        BULK as f64 / 1e6 / elapsed.as_secs_f64()
+    );
     drop(conn);
     let _ = fwd.kill();
     let _ = fwd.wait();
@@ -658,4 +799,70 @@ fn a_different_host_key_is_refused() {
         !marker.exists(),
         "the command ran despite the wrong host key"
     );
+}
+
+#[test]
+fn programs_run_at_home_without_the_supervisors_secrets() {
+    let home = tempfile::tempdir().unwrap();
+    let home_path = home.path().to_str().unwrap().to_string();
+    let h = Harness::start_process(&[
+        ("HOME", &home_path),
+        (
+            "OPENSHELL_TLS_KEY_PEM",
+            "-----BEGIN PRIVATE KEY----- secret",
+        ),
+        ("OPENSHELL_SSH_HOST_KEY_PEM", "secret host key"),
+        ("OPENSHELL_SANDBOX_ID", "sbx-test"),
+    ]);
+    let out = h.run(&[], &["pwd; env"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().next(), Some(home_path.as_str()), "{stdout}");
+    assert!(stdout.contains("OPENSHELL_SANDBOX_ID=sbx-test"), "{stdout}");
+    assert!(!stdout.contains("secret"), "a secret leaked: {stdout}");
+    assert!(!stdout.contains("OPENSHELL_TLS_KEY_PEM"), "{stdout}");
+}
+
+#[test]
+fn a_program_that_cannot_start_says_why_and_exits_127() {
+    // $SHELL names a file that is not executable: the login shell cannot start.
+    let dir = tempfile::tempdir().unwrap();
+    let shell = dir.path().join("not-a-shell");
+    std::fs::write(&shell, "just text").unwrap();
+    let h = Harness::start_process(&[("SHELL", shell.to_str().unwrap())]);
+    let out = h.run(&["-T"], &[]);
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("openshell-sandbox: cannot start the login shell")
+            && stderr.contains("not-a-shell"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn garbage_ends_the_connection_without_a_panic() {
+    use tokio::io::AsyncWriteExt;
+    let server = SshServer::new(None).unwrap();
+    let mut state = 0x1234_5678u64;
+    for case in 0..40 {
+        let (mut client, stream) = tokio::io::duplex(64 * 1024);
+        let serving = tokio::spawn({
+            let server = server.clone();
+            async move { server.serve(stream).await }
+        });
+        let mut junk = vec![0u8; 1 + (case * 997) % 8192];
+        fill(&mut state, &mut junk);
+        // Half the cases pass the version exchange and send junk as binary packets.
+        if case % 2 == 0 {
+            let _ = client.write_all(b"SSH-2.0-fuzz\r\n").await;
+        }
+        let _ = client.write_all(&junk).await;
+        drop(client);
+        let ended = tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .unwrap_or_else(|_| panic!("case {case}: the server did not end the connection"));
+        // A panic in the server shows up as a join error.
+        assert!(ended.is_ok(), "case {case}: the server panicked");
+    }
 }

@@ -9,12 +9,19 @@ use bytes::Bytes;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId, ChannelWriteHalf, Pty, Sig};
 
+use super::flow::{self, Sink};
 use super::forward;
-use super::process::{self, Input, Launch, PtySize, Running};
+use super::process::{self, Launch, PtySize, Running};
 
 /// The state of one SSH connection.
 pub(super) struct Connection {
-    channels: HashMap<ChannelId, SessionChannel>,
+    channels: HashMap<ChannelId, Chan>,
+}
+
+enum Chan {
+    Session(SessionChannel),
+    /// A direct-tcpip channel: client data goes to its TCP connection.
+    Forward(Sink),
 }
 
 /// A session channel: what the client asked for before starting a program, then the
@@ -45,7 +52,7 @@ impl Connection {
         launch: Launch,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let Some(ch) = self.channels.get_mut(&channel) else {
+        let Some(Chan::Session(ch)) = self.channels.get_mut(&channel) else {
             return session.channel_failure(channel);
         };
         if ch.running.is_some() {
@@ -80,35 +87,19 @@ impl Connection {
         }
     }
 
-    /// Passes client data to the channel's program, waiting a little when the program is
-    /// more than its input budget behind.
-    async fn feed_data(&mut self, channel: ChannelId, data: &[u8]) {
-        let Some((sender, budget)) = self
-            .channels
-            .get(&channel)
-            .and_then(|c| c.running.as_ref())
-            .map(|r| (r.input.clone(), r.budget.clone()))
-        else {
-            return;
-        };
-        // A closed queue: the program no longer reads its input, the bytes are dropped.
-        if sender.is_closed() {
-            return;
+    /// Where client data for `channel` goes, if anything reads it.
+    fn sink(&self, channel: ChannelId) -> Option<&Sink> {
+        match self.channels.get(&channel)? {
+            Chan::Session(s) => s.running.as_ref().map(|r| &r.input),
+            Chan::Forward(sink) => Some(sink),
         }
-        let want = u32::try_from(data.len().clamp(1, process::INPUT_BUDGET)).unwrap_or(u32::MAX);
-        let permit =
-            tokio::time::timeout(process::INPUT_BUDGET_WAIT, budget.acquire_many_owned(want))
-                .await
-                .ok()
-                .and_then(|p| p.ok());
-        let _ = sender.send(Input::Data(Bytes::copy_from_slice(data), permit));
     }
 
-    /// Passes EOF or a resize to the channel's program.
-    fn feed(&mut self, channel: ChannelId, input: Input) {
-        if let Some(running) = self.channels.get(&channel).and_then(|c| c.running.as_ref()) {
-            let _ = running.input.send(input);
-        }
+    /// Forgets forwards whose connection failed (the channel never opened, so no close will
+    /// come for them).
+    fn forget_dead_forwards(&mut self) {
+        self.channels
+            .retain(|_, c| !matches!(c, Chan::Forward(sink) if sink.is_closed()));
     }
 }
 
@@ -154,14 +145,15 @@ impl russh::server::Handler for Connection {
         // Requests and data arrive through the handler callbacks; the read half would only
         // duplicate them (and stall the connection once its buffer filled), so it is dropped.
         let (_read, writer) = channel.split();
+        self.forget_dead_forwards();
         self.channels.insert(
             id,
-            SessionChannel {
+            Chan::Session(SessionChannel {
                 writer,
                 env: Vec::new(),
                 pty: None,
                 running: None,
-            },
+            }),
         );
         reply.accept().await;
         Ok(())
@@ -177,8 +169,14 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let host = host_to_connect.to_string();
-        tokio::spawn(forward::direct_tcpip(channel, host, port_to_connect, reply));
+        let (sink, input, stuck) = flow::channel();
+        self.forget_dead_forwards();
+        self.channels.insert(channel.id(), Chan::Forward(sink));
+        let target = forward::Target {
+            host: host_to_connect.to_string(),
+            port: port_to_connect,
+        };
+        tokio::spawn(forward::direct_tcpip(channel, target, reply, input, stuck));
         Ok(())
     }
 
@@ -197,7 +195,9 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.feed(channel, Input::Eof);
+        if let Some(sink) = self.sink(channel) {
+            sink.eof();
+        }
         Ok(())
     }
 
@@ -207,7 +207,9 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.feed_data(channel, data).await;
+        if let Some(sink) = self.sink(channel) {
+            sink.data(data).await;
+        }
         Ok(())
     }
 
@@ -223,7 +225,7 @@ impl russh::server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         match self.channels.get_mut(&channel) {
-            Some(ch) if ch.running.is_none() => {
+            Some(Chan::Session(ch)) if ch.running.is_none() => {
                 ch.pty = Some(PtyRequest {
                     term: term.to_string(),
                     size: PtySize::new(col_width, row_height, pix_width, pix_height),
@@ -244,19 +246,15 @@ impl russh::server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let size = PtySize::new(col_width, row_height, pix_width, pix_height);
-        let known = match self.channels.get_mut(&channel) {
-            Some(ch) => {
-                if let Some(pty) = ch.pty.as_mut() {
-                    pty.size = size;
-                }
-                true
-            }
-            None => false,
-        };
-        if !known {
+        let Some(Chan::Session(ch)) = self.channels.get_mut(&channel) else {
             return session.channel_failure(channel);
+        };
+        if let Some(pty) = ch.pty.as_mut() {
+            pty.size = size;
         }
-        self.feed(channel, Input::Resize(size));
+        if let Some(running) = &ch.running {
+            running.input.resize(size);
+        }
         session.channel_success(channel)
     }
 
@@ -273,7 +271,7 @@ impl russh::server::Handler for Connection {
             && !variable_name.contains(['=', '\0'])
             && !variable_value.contains('\0');
         match self.channels.get_mut(&channel) {
-            Some(ch) if valid && ch.running.is_none() => {
+            Some(Chan::Session(ch)) if valid && ch.running.is_none() => {
                 ch.env
                     .push((variable_name.to_string(), variable_value.to_string()));
                 session.channel_success(channel)
@@ -325,7 +323,11 @@ impl russh::server::Handler for Connection {
         signal: Sig,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(running) = self.channels.get(&channel).and_then(|c| c.running.as_ref()) {
+        if let Some(Chan::Session(SessionChannel {
+            running: Some(running),
+            ..
+        })) = self.channels.get(&channel)
+        {
             running.signal(&signal);
         }
         Ok(())

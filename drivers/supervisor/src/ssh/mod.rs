@@ -30,17 +30,20 @@
 //! sandbox has it), `signal`, stdin with EOF, stdout as data and stderr as extended data
 //! (separate when there is no terminal), `exit-status` or `exit-signal`, then EOF and close.
 //! Children run in the home directory, in their own process group (session, with a
-//! terminal), and the whole group is killed when the channel closes or the connection ends.
+//! terminal), without the supervisor's `OPENSHELL_*` settings (its credential and this host
+//! key) in their environment. If the program still runs when its channel closes or the
+//! connection ends, its whole group is killed; what a program that has exited left running
+//! in the background is left alone, as sshd does (VS Code's server is started that way).
 //!
 //! Flow control: russh re-opens the client's window when data arrives, not when it is
-//! consumed, and one loop per connection both reads client data and sends the programs'
-//! output. Waiting in that loop for a slow program would stop its output too (a deadlock
-//! with `cat`), so client data is queued without waiting, up to a per-channel budget
-//! (32 MiB); only a program that is that far behind makes the connection wait.
+//! consumed, and one loop per connection carries all of it, so client data is queued per
+//! channel against a byte budget and waits for a slow consumer only while that cannot
+//! deadlock the loop (see `flow`).
 //!
 //! Not supported: X11 and agent forwarding, remote forwarding (`ssh -R`), Unix-socket
 //! forwarding; they are refused.
 
+mod flow;
 mod forward;
 mod handler;
 mod process;
@@ -134,9 +137,6 @@ impl SshServer {
             // A bigger window than russh's 2 MiB keeps bulk copies (scp, 100 MiB stdin)
             // from waiting on window updates across a relay with a real round-trip time.
             window_size: 8 * 1024 * 1024,
-            // Same reasoning for forwarded TCP channels (whose reads russh queues per
-            // channel): 512 packets of up to 32 KiB before the connection waits.
-            channel_buffer_size: 512,
             ..Default::default()
         };
         Ok(SshServer {
@@ -153,15 +153,36 @@ impl SshServer {
         self.inner.public_openssh.clone()
     }
 
-    /// Serves one SSH connection on an already-open byte stream until it ends.
+    /// Serves one SSH connection on an already-open byte stream until it ends. A client
+    /// that disconnects, cleanly or not, ends it with `Ok`; errors are protocol failures.
     pub async fn serve<S>(&self, stream: S) -> Result<(), SshError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let handler = handler::Connection::new();
         let session = russh::server::run_stream(self.inner.config.clone(), stream, handler).await?;
-        session.await?;
-        Ok(())
+        match session.await {
+            Ok(()) => Ok(()),
+            Err(e) if peer_went_away(&e) => {
+                // A client killed or cut off without a goodbye: the connection is over, not
+                // broken.
+                tracing::debug!(reason = %e, "ssh client went away");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn peer_went_away(e: &russh::Error) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        russh::Error::HUP | russh::Error::Disconnect => true,
+        russh::Error::IO(io) => matches!(
+            io.kind(),
+            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+        ),
+        _ => false,
     }
 }
 

@@ -2,7 +2,7 @@
 //! moving bytes between them and the channel, and reporting how they ended.
 //!
 //! ```text
-//! client data ─> Connection::feed ─> bounded queue ─> feed task ─> child stdin (or pty)
+//! client data ─> flow::Sink (budgeted queue) ─> feed task ─> child stdin (or pty)
 //! child stdout ─> data, child stderr ─> extended data 1 (pty: one stream, as data)
 //! child exits ─> output drained ─> EOF, exit-status | exit-signal, close
 //! ```
@@ -15,25 +15,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use russh::server::Handle;
 use russh::{ChannelId, Sig};
 use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::Child;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 
-/// How many bytes of client data may wait for a program that is slow to read its input
-/// before the connection slows down (see [`INPUT_BUDGET_WAIT`]).
-pub(super) const INPUT_BUDGET: usize = 32 * 1024 * 1024;
-
-/// How long one packet of client data waits for budget before it is queued anyway. The
-/// connection's single loop carries both the client's data and the programs' output (and
-/// the client's window updates that output needs), so waiting there until the program
-/// catches up can deadlock: the program may be blocked writing output that only that loop
-/// can send. A bounded wait slows a flooding client to about one packet (32 KiB) per wait
-/// while keeping the output moving.
-pub(super) const INPUT_BUDGET_WAIT: Duration = Duration::from_millis(100);
+use super::flow::{self, Input, Sink, Tracked};
+// The supervisor's own settings (its credential, this host key) that programs must not
+// inherit; one list for the main process and SSH sessions.
+use crate::config::hidden_from_children as hidden_vars;
 
 /// After a terminal program exits, its output is read until the terminal has been quiet
 /// this long: background jobs may keep the terminal open forever, and a session must end
@@ -118,16 +110,6 @@ impl PtySize {
     }
 }
 
-/// What the client sends to a running program.
-#[derive(Debug)]
-pub(super) enum Input {
-    /// Bytes, with the share of the input budget they hold until written (none when they
-    /// were queued over budget).
-    Data(Bytes, Option<OwnedSemaphorePermit>),
-    Eof,
-    Resize(PtySize),
-}
-
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Where a program's output goes.
@@ -144,11 +126,8 @@ pub(super) struct Outputs {
 /// A program started on a channel. Dropping it (channel closed, connection gone) kills the
 /// program's process group if the program is still running.
 pub(super) struct Running {
-    /// Unbounded: the budget below bounds it, and sending must never wait for the program
-    /// while holding the connection's read loop (its output needs that loop to leave).
-    pub input: mpsc::UnboundedSender<Input>,
-    /// Bytes of client data allowed in `input` (see [`INPUT_BUDGET`]).
-    pub budget: Arc<Semaphore>,
+    /// The program's input (stdin or terminal).
+    pub input: Sink,
     group: Option<Pid>,
     exited: Arc<AtomicBool>,
 }
@@ -215,12 +194,6 @@ fn start_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
-/// Variables of the supervisor's own environment that programs must not inherit: the
-/// sandbox's credential and SSH host key (and the rest of the supervisor's settings).
-use crate::config::hidden_from_children as hidden_vars;
-#[cfg(test)]
-use crate::config::hides;
-
 /// The environment added for a program: the client's `env` requests, then what the
 /// session itself defines (these win, as in sshd).
 fn session_env(
@@ -251,7 +224,12 @@ pub(super) fn spawn(
     let env = session_env(client_env, pty.map(|(term, _)| term), &login_shell());
     let dir = start_dir();
     let exited = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (sink, rx, stuck) = flow::channel();
+    let outputs = Outputs {
+        stdout: Box::new(Tracked::new(outputs.stdout, stuck.clone())),
+        stderr: Box::new(Tracked::new(outputs.stderr, stuck)),
+        ..outputs
+    };
     let group = match pty {
         Some((_, size)) => {
             let (pty, pts) = pty_process::open().map_err(io::Error::other)?;
@@ -295,8 +273,7 @@ pub(super) fn spawn(
         }
     };
     Ok(Running {
-        input: tx,
-        budget: Arc::new(Semaphore::new(INPUT_BUDGET)),
+        input: sink,
         group,
         exited,
     })
@@ -519,6 +496,7 @@ const SIGNALS: &[(&str, i32)] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::hides;
 
     #[test]
     fn signal_names_round_trip() {
