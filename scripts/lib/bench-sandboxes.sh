@@ -77,7 +77,7 @@ for i in $(seq "$runs"); do
     t0=$(now_ms)
     cid=$("$runtime" run -d --label openshell.gateway=bench-sandboxes "$image" sleep 600)
     bare+=($(( $(now_ms) - t0 )))
-    "$runtime" rm -f "$cid" >/dev/null
+    "$runtime" kill "$cid" >/dev/null 2>&1; "$runtime" rm -f "$cid" >/dev/null
 done
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }

@@ -468,6 +468,8 @@ fn scenario(mut s: SandboxEnv) {
     execs(&s);
     plain_ssh(&s);
     interactive(&s);
+    // Clients came and went (forwards stopped, ssh sessions ended): the sandbox is untouched.
+    assert_eq!(s.phase("box"), "Ready");
     transfers(&s);
     stop_start_and_refusals(&mut s);
     s.u.run(&["sandbox", "delete", "--all"]).ok();

@@ -397,7 +397,9 @@ pub async fn run(args: SandboxArgs, global: &GlobalArgs) -> Result<ExitCode, Cli
                             "Check that containers can reach the gateway (it must listen on an address they can reach, e.g. --listen 0.0.0.0:17670)",
                         ));
                     }
-                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    // Short: Ready usually follows within a few hundred ms, and a poll is
+                    // one small RPC on the open connection.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     current = call(
                         &conn,
                         api.get_sandbox(GetSandboxRequest { name: name.clone() })
