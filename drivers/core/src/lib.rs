@@ -27,6 +27,7 @@
 
 mod driver;
 mod error;
+pub mod errtext;
 mod fake;
 mod types;
 

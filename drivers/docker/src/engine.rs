@@ -2,8 +2,8 @@
 //! on everything the driver uses; what differs (name, default endpoint, the hint for a
 //! runtime that is down, ulimits) comes in as a [`Flavor`].
 
+use openshell_drivers::errtext::{chain, lowercase_first, root_cause};
 use std::collections::{BTreeMap, HashMap};
-use std::error::Error as StdError;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -137,40 +137,6 @@ pub(crate) struct Engine {
 /// Whole seconds of a duration for the API's integer fields, at least 1 for non-zero.
 fn secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-/// An error with its sources, as one line.
-fn chain(e: &(dyn StdError + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
-/// The innermost cause of a transport error ("Connection refused (os error 111)"): the
-/// wrappers around it name client internals, not what happened.
-fn root_cause(e: &(dyn StdError + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
-}
-
-/// Runtime messages start with a capital ("Minimum memory limit ..."); ours are lowercase.
-fn lowercase_first(s: &str) -> String {
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) => c.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    }
 }
 
 fn status_code(e: &BollardError) -> Option<u16> {

@@ -1,5 +1,6 @@
 //! [`KubernetesDriver`]: the [`ComputeDriver`] calls as apiserver requests.
 
+use openshell_drivers::errtext::{chain, lowercase_first, root_cause};
 use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::fmt::Debug;
@@ -57,39 +58,6 @@ pub(crate) struct Errors {
     namespace: String,
     source: String,
     request_timeout: Duration,
-}
-
-/// An error with its sources, as one line.
-fn chain(e: &(dyn StdError + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
-/// The innermost cause of a transport error ("Connection refused (os error 111)").
-fn root_cause(e: &(dyn StdError + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
-}
-
-/// Apiserver messages may start with a capital; ours are lowercase.
-fn lowercase_first(s: &str) -> String {
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) => c.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    }
 }
 
 const RUNTIME: &str = "kubernetes";
