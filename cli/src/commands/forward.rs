@@ -13,8 +13,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openshell_proto::GetSandboxRequest;
-use openshell_proto::open_shell_client::OpenShellClient;
 use openshell_transport::{Connection, TunnelTarget};
 use serde::Serialize;
 use tokio::sync::Mutex;
@@ -290,16 +288,7 @@ async fn serve(
     bind: SocketAddr,
 ) -> Result<ExitCode, CliError> {
     let conn = crate::client::connect(gw, global.transport).await?;
-    let mut api = OpenShellClient::new(conn.conn.channel());
-    let sandbox = match api
-        .get_sandbox(GetSandboxRequest {
-            name: name.to_string(),
-        })
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(s) => return Err(conn.rpc_error(s).await),
-    };
+    let sandbox = crate::commands::ssh::get_sandbox(&conn, name).await?;
     let sandbox_id = sandbox.meta.map(|m| m.id).unwrap_or_default();
     let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
         CliError::hint(

@@ -105,22 +105,30 @@ fn proxy_command(gw: &ResolvedGateway, global: &GlobalArgs, name: &str) -> Strin
     words.join(" ")
 }
 
+/// One sandbox by name, or the gateway's answer as the error users see.
+pub async fn get_sandbox(
+    conn: &GatewayConnection,
+    name: &str,
+) -> Result<openshell_proto::Sandbox, CliError> {
+    let mut api = OpenShellClient::new(conn.conn.channel());
+    match api
+        .get_sandbox(GetSandboxRequest {
+            name: name.to_string(),
+        })
+        .await
+    {
+        Ok(r) => Ok(r.into_inner()),
+        Err(s) => Err(conn.rpc_error(s).await),
+    }
+}
+
 /// Checks the sandbox can be reached, pins its host key, and says how to ssh to it.
 pub async fn prepare(
     conn: &GatewayConnection,
     global: &GlobalArgs,
     name: &str,
 ) -> Result<SshTarget, CliError> {
-    let mut api = OpenShellClient::new(conn.conn.channel());
-    let sandbox = match api
-        .get_sandbox(GetSandboxRequest {
-            name: name.to_string(),
-        })
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(s) => return Err(conn.rpc_error(s).await),
-    };
+    let sandbox = get_sandbox(conn, name).await?;
     let status = sandbox.status.unwrap_or_default();
     if status.phase != SandboxPhase::Ready as i32 {
         let phase = SandboxPhase::try_from(status.phase)
