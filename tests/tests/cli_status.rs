@@ -213,6 +213,7 @@ fn doctor_checks_each_path_and_says_what_to_do() {
         "TCP fallback",
         "Authentication",
         "Compute driver",
+        "SSH client",
         "All checks passed.",
     ] {
         assert!(

@@ -104,6 +104,14 @@ pub async fn run(args: DoctorArgs, global: &GlobalArgs) -> Result<ExitCode, CliE
         check_files(gw, &mut report);
         check_network(gw, &mut report).await;
     }
+    match crate::commands::ssh::find_ssh() {
+        Ok(path) => report.add("SSH client", Verdict::Ok, path.display().to_string()),
+        Err(_) => report.add(
+            "SSH client",
+            Verdict::Warn,
+            "ssh is not installed: sandbox connect/exec/upload/download need it (sudo apt-get install openssh-client)",
+        ),
+    }
     crate::output::print_stdout(&report.render())?;
     Ok(if report.failed() == 0 {
         ExitCode::SUCCESS

@@ -200,7 +200,7 @@ pub fn ssh_command(t: &SshTarget) -> Result<std::process::Command, CliError> {
     Ok(cmd)
 }
 
-fn find_ssh() -> Result<PathBuf, CliError> {
+pub(crate) fn find_ssh() -> Result<PathBuf, CliError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|d| d.join("ssh"))
