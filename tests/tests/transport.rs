@@ -274,8 +274,11 @@ async fn tunnel_targets_are_chosen_by_the_gateway() {
             .open_tunnel(&TunnelTarget::SandboxSsh("box".into()))
             .await
             .err()
-            .expect("sandbox tunnels need a driver");
-        assert!(err.to_string().contains("501"), "{err}");
+            .expect("a tunnel to a sandbox that does not exist must be refused");
+        assert!(
+            err.to_string().contains("404") && err.to_string().contains("'box' does not exist"),
+            "{err}"
+        );
     }
     let conn = connector(&gw, &pki.client("alice", &[]), PathHint::QuicOnly)
         .connect()
