@@ -133,4 +133,28 @@ impl CliUser {
     pub fn run(&self, args: &[&str]) -> Run {
         self.run_with(args, &[])
     }
+
+    /// Issues `alice` a certificate from this user's default PKI (`pki init`) and registers
+    /// the gateway listening on `port` of 127.0.0.1 as `local`, the active gateway.
+    pub fn enroll(&self, port: u16) {
+        self.run(&["pki", "issue", "alice", "--gateway", "local"])
+            .ok();
+        self.run(&[
+            "gateway",
+            "add",
+            &format!("https://127.0.0.1:{port}"),
+            "--name",
+            "local",
+        ])
+        .ok();
+    }
+
+    /// The phase of sandbox `name` on the active gateway, or the error text.
+    pub fn sandbox_phase(&self, name: &str) -> String {
+        let r = self.run(&["sandbox", "get", name, "-o", "json"]);
+        if r.code != 0 {
+            return format!("error: {}", r.stderr);
+        }
+        r.json()["phase"].as_str().unwrap_or("").to_string()
+    }
 }

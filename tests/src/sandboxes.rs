@@ -164,16 +164,7 @@ impl SandboxEnv {
         let gw = s.spawn("0.0.0.0:0");
         let port = gw.addr.port();
         s.gw = Some(gw);
-        s.u.run(&["pki", "issue", "alice", "--gateway", "local"])
-            .ok();
-        s.u.run(&[
-            "gateway",
-            "add",
-            &format!("https://127.0.0.1:{port}"),
-            "--name",
-            "local",
-        ])
-        .ok();
+        s.u.enroll(port);
         s
     }
 
@@ -236,11 +227,7 @@ impl SandboxEnv {
 
     /// The sandbox's phase, or the error text.
     pub fn phase(&self, name: &str) -> String {
-        let r = self.u.run(&["sandbox", "get", name, "-o", "json"]);
-        if r.code != 0 {
-            return format!("error: {}", r.stderr);
-        }
-        r.json()["phase"].as_str().unwrap_or("").to_string()
+        self.u.sandbox_phase(name)
     }
 
     /// The gateway's log so far (for assertion messages).

@@ -695,16 +695,7 @@ impl Setup {
             state: tempfile::tempdir().unwrap(),
         };
         s.gw = Some(s.spawn());
-        s.u.run(&["pki", "issue", "alice", "--gateway", "local"])
-            .ok();
-        s.u.run(&[
-            "gateway",
-            "add",
-            &format!("https://127.0.0.1:{}", s.port),
-            "--name",
-            "local",
-        ])
-        .ok();
+        s.u.enroll(s.port);
         s
     }
 
@@ -719,11 +710,7 @@ impl Setup {
     }
 
     fn phase(&self, name: &str) -> String {
-        let r = self.u.run(&["sandbox", "get", name, "-o", "json"]);
-        if r.code != 0 {
-            return format!("error: {}", r.stderr);
-        }
-        r.json()["phase"].as_str().unwrap_or("").to_string()
+        self.u.sandbox_phase(name)
     }
 }
 
@@ -877,15 +864,7 @@ fn the_gateway_refuses_a_missing_kubeconfig_and_reports_a_namespace_that_is_not_
         .arg("--sandbox-callback")
         .arg(&format!("https://127.0.0.1:{port}"))
         .spawn();
-    u.run(&["pki", "issue", "alice", "--gateway", "local"]).ok();
-    u.run(&[
-        "gateway",
-        "add",
-        &format!("https://127.0.0.1:{}", gw.addr.port()),
-        "--name",
-        "local",
-    ])
-    .ok();
+    u.enroll(gw.addr.port());
     let r = u
         .run(&["sandbox", "create", "--name", "x", "--no-wait"])
         .fails();
@@ -919,15 +898,7 @@ fn gateway_with(kubeconfig: &Path, ns: &str, extra: &[&str]) -> (CliUser, Gatewa
         b = b.arg(a);
     }
     let gw = b.spawn();
-    u.run(&["pki", "issue", "alice", "--gateway", "local"]).ok();
-    u.run(&[
-        "gateway",
-        "add",
-        &format!("https://127.0.0.1:{port}"),
-        "--name",
-        "local",
-    ])
-    .ok();
+    u.enroll(port);
     (u, gw)
 }
 
@@ -1047,15 +1018,7 @@ fn kubernetes_is_auto_detected_only_when_configured() {
             c.kubeconfig(ADMIN, "default").to_str().unwrap(),
         )
         .spawn();
-    u.run(&["pki", "issue", "alice", "--gateway", "local"]).ok();
-    u.run(&[
-        "gateway",
-        "add",
-        &format!("https://127.0.0.1:{}", gw.addr.port()),
-        "--name",
-        "local",
-    ])
-    .ok();
+    u.enroll(gw.addr.port());
     let active = active_driver(&u);
     assert_ne!(active["name"], "kubernetes", "{active}");
 }
@@ -1102,15 +1065,7 @@ fn a_restarted_gateway_removes_leaked_pods_and_recreates_missing_ones() {
             .spawn()
     };
     let mut gw = spawn();
-    u.run(&["pki", "issue", "alice", "--gateway", "local"]).ok();
-    u.run(&[
-        "gateway",
-        "add",
-        &format!("https://127.0.0.1:{port}"),
-        "--name",
-        "local",
-    ])
-    .ok();
+    u.enroll(port);
     u.run(&["sandbox", "create", "--name", "kept", "--no-wait"])
         .ok();
     let first_uid = c.api(
@@ -1243,15 +1198,7 @@ fn in_a_cluster_the_gateway_uses_its_service_account() {
         .arg("--sandbox-callback")
         .arg(&format!("https://127.0.0.1:{gw_port}"))
         .spawn();
-    u.run(&["pki", "issue", "alice", "--gateway", "local"]).ok();
-    u.run(&[
-        "gateway",
-        "add",
-        &format!("https://127.0.0.1:{gw_port}"),
-        "--name",
-        "local",
-    ])
-    .ok();
+    u.enroll(gw_port);
     let active = active_driver(&u);
     assert_eq!(active["name"], "kubernetes", "{active}\n{}", gw.logs());
     assert_eq!(active["driver_version"], "v1.20.2", "{active}");

@@ -128,16 +128,7 @@ impl Setup {
         let gw = s.spawn("127.0.0.1:0", extra);
         let port = gw.addr.port();
         s.gw = Some(gw);
-        s.u.run(&["pki", "issue", "alice", "--gateway", "local"])
-            .ok();
-        s.u.run(&[
-            "gateway",
-            "add",
-            &format!("https://127.0.0.1:{port}"),
-            "--name",
-            "local",
-        ])
-        .ok();
+        s.u.enroll(port);
         s
     }
 
@@ -165,11 +156,7 @@ impl Setup {
     }
 
     fn phase(&self, name: &str) -> String {
-        let r = self.u.run(&["sandbox", "get", name, "-o", "json"]);
-        if r.code != 0 {
-            return format!("error: {}", r.stderr);
-        }
-        r.json()["phase"].as_str().unwrap_or("").to_string()
+        self.u.sandbox_phase(name)
     }
 
     fn sandbox_dirs(&self) -> Vec<String> {
