@@ -106,7 +106,7 @@ pub struct Args {
     #[arg(long, default_value_t = 4 << 20)]
     pub udp_buffer: usize,
 
-    /// Congestion controller for data the gateway sends: cubic, newreno or bbr.
+    /// Congestion controller for data the gateway sends: cubic, newreno, bbr or tolerant.
     #[arg(long, default_value = "cubic", env = "OPENSHELL_CONGESTION")]
     pub congestion: Congestion,
 

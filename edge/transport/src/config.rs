@@ -9,6 +9,7 @@ use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 
 use crate::TransportError;
+use crate::congestion::TolerantConfig;
 
 /// Congestion controller for the data this endpoint sends (the server's choice governs
 /// downloads and the client's governs uploads).
@@ -22,6 +23,9 @@ pub enum Congestion {
     /// Model-based, 60x Cubic's goodput at 2% loss, but marked experimental in quinn and
     /// measured to overrun shallow queues (27-37% self-induced loss).
     Bbr,
+    /// Ours (`crate::congestion`): BBR-style model, window near 1 x BDP, backs off only on
+    /// loss clearly above the learned random-loss rate or on a standing queue.
+    Tolerant,
 }
 
 impl std::str::FromStr for Congestion {
@@ -32,8 +36,9 @@ impl std::str::FromStr for Congestion {
             "cubic" => Ok(Congestion::Cubic),
             "newreno" | "new-reno" | "reno" => Ok(Congestion::NewReno),
             "bbr" => Ok(Congestion::Bbr),
+            "tolerant" => Ok(Congestion::Tolerant),
             other => Err(TransportError::Config(format!(
-                "unknown congestion controller '{other}': use cubic, newreno or bbr"
+                "unknown congestion controller '{other}': use cubic, newreno, bbr or tolerant"
             ))),
         }
     }
@@ -45,6 +50,7 @@ impl std::fmt::Display for Congestion {
             Congestion::Cubic => "cubic",
             Congestion::NewReno => "newreno",
             Congestion::Bbr => "bbr",
+            Congestion::Tolerant => "tolerant",
         })
     }
 }
@@ -151,6 +157,9 @@ impl QuicTuning {
             Congestion::Bbr => {
                 t.congestion_controller_factory(Arc::new(BbrConfig::default()));
             }
+            Congestion::Tolerant => {
+                t.congestion_controller_factory(Arc::new(TolerantConfig::default()));
+            }
         }
         Ok(Arc::new(t))
     }
@@ -202,6 +211,11 @@ mod tests {
             "newreno".parse::<Congestion>().unwrap(),
             Congestion::NewReno
         );
+        assert_eq!(
+            "tolerant".parse::<Congestion>().unwrap(),
+            Congestion::Tolerant
+        );
+        assert_eq!(Congestion::Tolerant.to_string(), "tolerant");
         assert!("vegas".parse::<Congestion>().is_err());
     }
 }

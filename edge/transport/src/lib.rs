@@ -11,6 +11,7 @@
 pub mod client;
 pub mod close;
 pub mod config;
+pub mod congestion;
 mod h3io;
 pub mod identity;
 pub mod server;

@@ -53,8 +53,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub sparse_rpcs: Option<u32>,
     /// QUIC congestion controller of the gateway and the clients in the matrix (the
-    /// gateway's default is cubic); the comparison phase always runs all three.
-    #[arg(long, default_value = "cubic", value_parser = ["cubic", "newreno", "bbr"])]
+    /// gateway's default is cubic); the comparison phase always runs all four.
+    #[arg(long, default_value = "cubic", value_parser = ["cubic", "newreno", "bbr", "tolerant"])]
     pub matrix_congestion: String,
     #[arg(long)]
     pub skip_cc: bool,
@@ -745,7 +745,7 @@ async fn measure(
     gw.stop().await;
 
     if !args.skip_cc {
-        for cc in ["cubic", "newreno", "bbr"] {
+        for cc in ["cubic", "newreno", "bbr", "tolerant"] {
             stop.check()?;
             if plan.cc_cells.is_empty() {
                 break;
