@@ -11,7 +11,6 @@
 //! Users (`tokens.csv`): [`ADMIN`] is in `system:masters`; [`NOBODY`] is authenticated but
 //! has no RBAC rights at all.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -57,14 +56,6 @@ fn ensure_apiserver() -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     bin
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts `program args` under a shell that stops it when the child's stdin closes (with
@@ -123,7 +114,7 @@ impl KubeCluster {
             .tempdir()
             .unwrap();
         let d = dir.path();
-        let (client, peer, secure) = (free_port(), free_port(), free_port());
+        let (client, peer, secure) = (crate::free_port(), crate::free_port(), crate::free_port());
 
         // Serving certificate for 127.0.0.1 and localhost, from a CA of our own.
         let ca_key = KeyPair::generate().unwrap();

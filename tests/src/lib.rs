@@ -20,6 +20,15 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A loopback TCP port that is free right now (for services that must be told their port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("cannot bind a loopback port")
+        .local_addr()
+        .expect("no local address")
+        .port()
+}
+
 pub mod cli;
 pub mod gateway;
 pub mod kube;

@@ -662,14 +662,6 @@ fn run_pod(cluster: &KubeCluster, ns: &str, pod: &serde_json::Value, supervisor:
     cmd.spawn().expect("cannot start openshell-sandbox")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Setup {
     u: CliUser,
     gw: Option<Gateway>,
@@ -691,7 +683,7 @@ impl Setup {
             gw: None,
             id: format!("e2e-{}", random_hex(4)),
             ns,
-            port: free_port(),
+            port: openshell_tests::free_port(),
             state: tempfile::tempdir().unwrap(),
         };
         s.gw = Some(s.spawn());
@@ -851,7 +843,7 @@ fn the_gateway_refuses_a_missing_kubeconfig_and_reports_a_namespace_that_is_not_
     );
 
     // A namespace that does not exist: the gateway runs, says so, and creates nothing.
-    let port = free_port();
+    let port = openshell_tests::free_port();
     let gw = Gateway::builder()
         .pki(&u.default_pki_dir())
         .listen(&format!("127.0.0.1:{port}"))
@@ -882,7 +874,7 @@ fn the_gateway_refuses_a_missing_kubeconfig_and_reports_a_namespace_that_is_not_
 fn gateway_with(kubeconfig: &Path, ns: &str, extra: &[&str]) -> (CliUser, Gateway) {
     let u = CliUser::new();
     u.run(&["pki", "init"]).ok();
-    let port = free_port();
+    let port = openshell_tests::free_port();
     let mut b = Gateway::builder()
         .pki(&u.default_pki_dir())
         .listen(&format!("127.0.0.1:{port}"))
@@ -1054,7 +1046,7 @@ fn a_restarted_gateway_removes_leaked_pods_and_recreates_missing_ones() {
     let kubeconfig = c.kubeconfig(ADMIN, "default");
     let u = CliUser::new();
     u.run(&["pki", "init"]).ok();
-    let port = free_port();
+    let port = openshell_tests::free_port();
     let id = format!("gw-{}", random_hex(4));
     let spawn = || {
         Gateway::builder()
@@ -1188,7 +1180,7 @@ fn in_a_cluster_the_gateway_uses_its_service_account() {
     let port = c.url.rsplit(':').next().unwrap().to_string();
     let u = CliUser::new();
     u.run(&["pki", "init"]).ok();
-    let gw_port = free_port();
+    let gw_port = openshell_tests::free_port();
     // No --drivers, no --kubeconfig, no namespace: all from the Pod's environment.
     let gw = Gateway::builder()
         .pki(&u.default_pki_dir())

@@ -36,15 +36,6 @@ fn sha256_bytes(data: &[u8]) -> String {
         .to_string()
 }
 
-/// A local TCP port that is free right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Waits for a child, killing it (and failing) after `limit`.
 fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> std::process::Output {
     let deadline = std::time::Instant::now() + limit;
@@ -86,7 +77,7 @@ fn create_ready(s: &SandboxEnv, name: &str, command: &[&str]) {
 /// Forward: 100 MiB served by busybox httpd inside the sandbox, fetched through a local
 /// port; a port nobody listens on; background start, list, stop.
 fn forwards(s: &SandboxEnv) {
-    let port = free_port();
+    let port = openshell_tests::free_port();
     let serve = format!(
         "mkdir -p /srv && head -c {} /dev/urandom > /srv/big && sha256sum /srv/big > /srv/big.sha && exec busybox httpd -f -p {port} -h /srv",
         100 * MIB
@@ -128,7 +119,7 @@ fn forwards(s: &SandboxEnv) {
     assert_eq!(sha256_bytes(&body.stdout), expected);
 
     // A port with nothing behind it: the local connection is closed, the forward says why.
-    let dead = free_port();
+    let dead = openshell_tests::free_port();
     let r =
         s.u.run(&["forward", "start", &dead.to_string(), "web", "-d"]);
     assert_eq!(r.code, 0, "{}", r.stderr);

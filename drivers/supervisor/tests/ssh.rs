@@ -295,6 +295,27 @@ fn env_requests_reach_the_program() {
 }
 
 /// A deterministic, incompressible byte stream (xorshift64).
+/// Writes `total` pseudo-random bytes (from `seed`) in `chunk`-sized writes; their SHA-256.
+fn send_pattern(
+    out: &mut impl Write,
+    total: usize,
+    seed: u64,
+    chunk: usize,
+) -> ring::digest::Digest {
+    let mut sent = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut state = seed;
+    let mut buf = vec![0u8; chunk];
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(buf.len());
+        fill(&mut state, &mut buf[..n]);
+        sent.update(&buf[..n]);
+        out.write_all(&buf[..n]).unwrap();
+        left -= n;
+    }
+    sent.finish()
+}
+
 fn fill(state: &mut u64, buf: &mut [u8]) {
     for chunk in buf.chunks_mut(8) {
         *state ^= *state << 13;
@@ -319,20 +340,10 @@ fn stream_through(h: &Harness, remote: &str, total: usize) -> (usize, bool, Dura
     let mut stdout = child.stdout.take().unwrap();
     let started = Instant::now();
     let writer = std::thread::spawn(move || {
-        let mut sent = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut left = total;
-        while left > 0 {
-            let n = left.min(buf.len());
-            fill(&mut state, &mut buf[..n]);
-            sent.update(&buf[..n]);
-            stdin.write_all(&buf[..n]).unwrap();
-            left -= n;
-        }
+        let sent = send_pattern(&mut stdin, total, 0x9e37_79b9_7f4a_7c15, 256 * 1024);
         // Dropping stdin sends EOF, which must reach the remote program so that it exits.
         drop(stdin);
-        sent.finish()
+        sent
     });
     let mut received = ring::digest::Context::new(&ring::digest::SHA256);
     let mut got = 0usize;
@@ -643,19 +654,9 @@ fn direct_tcpip_with_w_and_l() {
     let mut writer_conn = conn.try_clone().unwrap();
     let started = Instant::now();
     let writer = std::thread::spawn(move || {
-        let mut sent = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut state = 7u64;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut left = BULK;
-        while left > 0 {
-            let n = left.min(buf.len());
-            fill(&mut state, &mut buf[..n]);
-            sent.update(&buf[..n]);
-            writer_conn.write_all(&buf[..n]).unwrap();
-            left -= n;
-        }
+        let sent = send_pattern(&mut writer_conn, BULK, 7, 64 * 1024);
         writer_conn.shutdown(std::net::Shutdown::Write).unwrap();
-        sent.finish()
+        sent
     });
     let mut received = ring::digest::Context::new(&ring::digest::SHA256);
     let mut got = 0usize;
