@@ -85,6 +85,7 @@ pub fn client_config(
             return Ok(cfg);
         }
     };
+    tune(&mut cfg, crate::config::Env::process())?;
     cfg.hint = match choice {
         TransportChoice::Quic => PathHint::QuicOnly,
         TransportChoice::Tcp => PathHint::TcpOnly,
@@ -98,6 +99,23 @@ pub fn client_config(
         }
     };
     Ok(cfg)
+}
+
+/// Applies `OPENSHELL_HEDGE` and `OPENSHELL_CONGESTION`.
+fn tune(cfg: &mut ClientConfig, env: &crate::config::Env) -> Result<(), CliError> {
+    let invalid = |var: &str, e: openshell_transport::TransportError| {
+        CliError::hint(
+            format!("{var} is not valid: {e}"),
+            format!("Set {var} to one of the listed values, or unset it for the default"),
+        )
+    };
+    if let Some(v) = &env.hedge {
+        cfg.hedge = v.parse().map_err(|e| invalid("OPENSHELL_HEDGE", e))?;
+    }
+    if let Some(v) = &env.congestion {
+        cfg.tuning.congestion = v.parse().map_err(|e| invalid("OPENSHELL_CONGESTION", e))?;
+    }
+    Ok(())
 }
 
 fn last_transport(gw: &ResolvedGateway) -> Option<String> {
@@ -144,5 +162,49 @@ impl GatewayConnection {
     /// [`rpc_error`] for this connection.
     pub async fn rpc_error(&self, status: tonic::Status) -> CliError {
         rpc_error(&self.conn, status).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openshell_transport::{Congestion, Hedge};
+
+    fn env(hedge: Option<&str>, congestion: Option<&str>) -> crate::config::Env {
+        crate::config::Env {
+            hedge: hedge.map(str::to_string),
+            congestion: congestion.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    fn config() -> ClientConfig {
+        ClientConfig::new(Endpoint::parse("https://127.0.0.1:1").unwrap(), None)
+    }
+
+    #[test]
+    fn hedging_and_congestion_come_from_the_environment() {
+        let mut cfg = config();
+        tune(&mut cfg, &env(None, None)).unwrap();
+        assert_eq!(
+            (cfg.hedge, cfg.tuning.congestion),
+            (Hedge::Auto, Congestion::Cubic)
+        );
+        tune(&mut cfg, &env(Some("off"), Some("tolerant"))).unwrap();
+        assert_eq!(
+            (cfg.hedge, cfg.tuning.congestion),
+            (Hedge::Off, Congestion::Tolerant)
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_the_choices() {
+        let err = tune(&mut config(), &env(Some("twice"), None)).unwrap_err();
+        assert!(err.to_string().contains("OPENSHELL_HEDGE"), "{err}");
+        assert!(err.to_string().contains("off, auto or always"), "{err}");
+        assert!(err.hint_text().is_some());
+        let err = tune(&mut config(), &env(None, Some("vegas"))).unwrap_err();
+        assert!(err.to_string().contains("OPENSHELL_CONGESTION"), "{err}");
+        assert!(err.to_string().contains("tolerant"), "{err}");
     }
 }

@@ -5,9 +5,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use openshell_proto::diagnostics_client::DiagnosticsClient;
 use openshell_proto::open_shell_client::OpenShellClient;
-use openshell_proto::{Chunk, DownloadRequest, GetGatewayInfoRequest, HealthRequest, PingRequest};
+use openshell_proto::{
+    Chunk, DownloadRequest, GetGatewayInfoRequest, GetSandboxRequest, HealthRequest, PingRequest,
+};
 use openshell_tests::{Gateway, TestPki};
-use openshell_transport::{Connection, Connector, PathHint, TransportKind, TunnelTarget};
+use openshell_transport::{Connection, Connector, Hedge, PathHint, TransportKind, TunnelTarget};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn connector(gw: &Gateway, creds: &openshell_tests::ClientCreds, hint: PathHint) -> Connector {
@@ -100,6 +102,83 @@ async fn all_rpc_shapes_over_quic_and_tcp() {
         assert_eq!(caller.subject, "alice");
         assert_eq!(caller.roles, vec!["admin".to_string()]);
         assert_eq!(caller.certificate_serial, creds.serial);
+    }
+}
+
+/// Hedging sends reads twice on QUIC; whichever copy answers, callers must see exactly what
+/// one unhedged call would: their own payload, whole large answers, error statuses, and
+/// streaming calls (never hedged) unchanged. Over TCP the policy is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedged_reads_answer_exactly_like_single_ones() {
+    let pki = TestPki::new();
+    let gw = Gateway::builder().pki(pki.dir()).spawn();
+    let creds = pki.client("alice", &["admin"]);
+    for hint in [PathHint::QuicOnly, PathHint::TcpOnly] {
+        let conn = connector(&gw, &creds, hint).connect().await.unwrap();
+        let hedged = conn.channel().hedging(Hedge::Always);
+        let mut diag = DiagnosticsClient::new(hedged.clone());
+        // Many at once, each with its own payload: answers must not cross.
+        let calls = (0..200u32).map(|i| {
+            let mut diag = diag.clone();
+            async move {
+                let payload = format!("ping {i}").into_bytes();
+                let pong = diag
+                    .ping(PingRequest {
+                        payload: payload.clone(),
+                        response_size: 0,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(pong.payload, payload);
+            }
+        });
+        futures::future::join_all(calls).await;
+        let big = diag
+            .ping(PingRequest {
+                payload: Vec::new(),
+                response_size: 1 << 20,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(big.payload, vec![0x5a; 1 << 20]);
+        // An error status comes through the hedged path as it does through a single call.
+        let mut api = OpenShellClient::new(hedged);
+        let hedged_err = api
+            .get_sandbox(GetSandboxRequest {
+                name: "no-such-sandbox".into(),
+            })
+            .await
+            .unwrap_err();
+        let single_err = OpenShellClient::new(conn.channel().hedging(Hedge::Off))
+            .get_sandbox(GetSandboxRequest {
+                name: "no-such-sandbox".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(hedged_err.code(), single_err.code());
+        assert_eq!(hedged_err.message(), single_err.message());
+        assert_ne!(hedged_err.code(), tonic::Code::Ok);
+        let info = api
+            .get_gateway_info(GetGatewayInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.caller.unwrap().subject, "alice");
+        // Streaming reads are not hedged and still arrive whole and in order.
+        let chunks: Vec<u64> = diag
+            .download(DownloadRequest {
+                chunks: 50,
+                chunk_size: 1000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .map(|c| c.unwrap().seq)
+            .collect()
+            .await;
+        assert_eq!(chunks, (0..50).collect::<Vec<_>>());
     }
 }
 

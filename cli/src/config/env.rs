@@ -32,6 +32,12 @@ pub struct Env {
     /// `OPENSHELL_LOGIN_TIMEOUT_SECS`: how long to wait for the login callback. Default
     /// [`DEFAULT_LOGIN_TIMEOUT`]; tests shorten it.
     pub login_timeout: Duration,
+    /// `OPENSHELL_HEDGE` as given: `off`, `auto` (default) or `always`; when small reads
+    /// are sent twice on a lossy QUIC path. Validated where a connection is configured.
+    pub hedge: Option<String>,
+    /// `OPENSHELL_CONGESTION` as given: the QUIC congestion controller of this end (it
+    /// governs uploads): `cubic` (default), `newreno`, `bbr` or `tolerant`.
+    pub congestion: Option<String>,
 }
 
 impl Env {
@@ -66,6 +72,8 @@ impl Env {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs)
                 .unwrap_or(DEFAULT_LOGIN_TIMEOUT),
+            hedge: non_blank("OPENSHELL_HEDGE"),
+            congestion: non_blank("OPENSHELL_CONGESTION"),
         }
     }
 

@@ -20,7 +20,9 @@ pub mod tunnel;
 
 use std::net::SocketAddr;
 
-pub use client::{Channel, ClientConfig, Connection, Connector, Endpoint, PathHint, ZeroRtt};
+pub use client::{
+    Channel, ClientConfig, Connection, Connector, Endpoint, Hedge, PathHint, ZeroRtt,
+};
 pub use config::{Congestion, QuicTuning};
 pub use identity::{AuthKind, Principal};
 pub use server::{

@@ -321,6 +321,39 @@ pub fn markdown(r: &Results) -> String {
         );
     }
 
+    if r.cells
+        .iter()
+        .any(|c| c.quic.client.warm_rpc_unhedged.n > 0)
+    {
+        let _ = writeln!(
+            s,
+            "\n### QUIC request hedging (ms, p50 / p95 / p99)\n\nThe same connection, hedging off first, then the worker's policy (`auto`: idempotent reads go out twice, rtt/10 apart, while the connection has lost a packet in the last 30 s). The tables above use the hedged figures.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| cell | QUIC dense, off | QUIC dense, hedged | TCP dense | hedged/TCP p99 | QUIC sparse, off | QUIC sparse, hedged | TCP sparse | hedged/TCP p99 |\n|---|---|---|---|---|---|---|---|---|"
+        );
+        for c in &r.cells {
+            let (q, t) = (&c.quic.client, &c.tcp.client);
+            if q.warm_rpc_unhedged.n == 0 {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.cell.label(),
+                p50_95_99(&q.warm_rpc_unhedged),
+                p50_95_99(&q.warm_rpc),
+                p50_95_99(&t.warm_rpc),
+                rat99(&q.warm_rpc, &t.warm_rpc),
+                p50_95_99(&q.sparse_rpc_unhedged),
+                p50_95_99(&q.sparse_rpc),
+                p50_95_99(&t.sparse_rpc),
+                rat99(&q.sparse_rpc, &t.sparse_rpc),
+            );
+        }
+    }
+
     let _ = writeln!(s, "\n### Interactive echo every 50 ms (ms, p50 / p99)\n");
     let _ = writeln!(
         s,

@@ -29,6 +29,12 @@ pub struct ClientRun {
     /// Warm Ping latency with RPCs spaced wider than the RTT (one alone on the wire).
     #[serde(default)]
     pub sparse_rpc: Summary,
+    /// QUIC only: the same two phases with hedging off, run first on the same connection
+    /// (the hedged figures above use the worker's policy, `auto` unless told otherwise).
+    #[serde(default)]
+    pub warm_rpc_unhedged: Summary,
+    #[serde(default)]
+    pub sparse_rpc_unhedged: Summary,
     pub rpc_errors: u32,
     /// 32-byte echo every 50 ms through a tunnel, nothing else running.
     pub echo_idle: Summary,

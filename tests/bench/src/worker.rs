@@ -22,8 +22,8 @@ use openshell_proto::PingRequest;
 use openshell_proto::diagnostics_client::DiagnosticsClient;
 use openshell_transport::tls::ClientMaterial;
 use openshell_transport::{
-    BoxIo, ClientConfig, Congestion, Connection, Connector, Endpoint, PathHint, TunnelTarget,
-    ZeroRtt,
+    BoxIo, Channel, ClientConfig, Congestion, Connection, Connector, Endpoint, Hedge, PathHint,
+    TunnelTarget, ZeroRtt,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -78,6 +78,10 @@ pub struct Target {
     /// QUIC congestion controller of this (sending) end.
     #[arg(long, default_value = "cubic")]
     pub congestion: Congestion,
+    /// Hedging of idempotent reads on QUIC (off, auto, always). With a policy other than
+    /// off, the RPC phases also run without hedging first, on the same connection.
+    #[arg(long, default_value = "auto")]
+    pub hedge: Hedge,
 }
 
 impl Target {
@@ -96,6 +100,7 @@ impl Target {
             Transport::Tcp => PathHint::TcpOnly,
         };
         cfg.tuning.congestion = self.congestion;
+        cfg.hedge = self.hedge;
         cfg.connect_timeout = OP_TIMEOUT;
         Ok(Connector::new(cfg)?)
     }
@@ -156,31 +161,49 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ClientRun> {
         .connect()
         .await
         .context("warm connection failed")?;
+    // The unhedged baseline of the same connection first, so hedging is judged against it.
+    let baseline = args.target.transport == Transport::Quic && args.target.hedge != Hedge::Off;
     if args.phases.contains(&Phase::Rpc) {
-        match rpc_phase(&conn, args.rpcs, args.rpc_interval_ms).await {
-            Ok((samples, errors)) => {
-                out.warm_rpc = Summary::of(&samples);
-                out.rpc_errors = errors.len() as u32;
-                if let Some(e) = errors.first() {
-                    out.errors
-                        .push(format!("rpc ({} failed, first): {e}", errors.len()));
-                }
-            }
-            Err(e) => out.errors.push(format!("rpc: {e:#}")),
+        if baseline {
+            let plain = conn.channel().hedging(Hedge::Off);
+            out.warm_rpc_unhedged = rpc_summary(
+                plain,
+                args.rpcs,
+                args.rpc_interval_ms,
+                "rpc without hedging",
+                &mut out,
+            )
+            .await;
         }
+        out.warm_rpc = rpc_summary(
+            conn.channel(),
+            args.rpcs,
+            args.rpc_interval_ms,
+            "rpc",
+            &mut out,
+        )
+        .await;
     }
     if args.phases.contains(&Phase::Sparse) {
-        match rpc_phase(&conn, args.sparse_rpcs, args.sparse_interval_ms).await {
-            Ok((samples, errors)) => {
-                out.sparse_rpc = Summary::of(&samples);
-                out.rpc_errors += errors.len() as u32;
-                if let Some(e) = errors.first() {
-                    out.errors
-                        .push(format!("sparse rpc ({} failed, first): {e}", errors.len()));
-                }
-            }
-            Err(e) => out.errors.push(format!("sparse rpc: {e:#}")),
+        if baseline {
+            let plain = conn.channel().hedging(Hedge::Off);
+            out.sparse_rpc_unhedged = rpc_summary(
+                plain,
+                args.sparse_rpcs,
+                args.sparse_interval_ms,
+                "sparse rpc without hedging",
+                &mut out,
+            )
+            .await;
         }
+        out.sparse_rpc = rpc_summary(
+            conn.channel(),
+            args.sparse_rpcs,
+            args.sparse_interval_ms,
+            "sparse rpc",
+            &mut out,
+        )
+        .await;
     }
     if args.phases.contains(&Phase::Echo) {
         match echo_alone(&conn, args.echo_secs).await {
@@ -197,6 +220,30 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ClientRun> {
         out.errors.push(format!("bulk: {e:#}"));
     }
     Ok(out)
+}
+
+/// One RPC phase; failures are counted in `out` and left out of the summary.
+async fn rpc_summary(
+    channel: Channel,
+    count: u32,
+    interval_ms: u32,
+    what: &str,
+    out: &mut ClientRun,
+) -> Summary {
+    match rpc_phase(channel, count, interval_ms).await {
+        Ok((samples, errors)) => {
+            out.rpc_errors += errors.len() as u32;
+            if let Some(e) = errors.first() {
+                out.errors
+                    .push(format!("{what} ({} failed, first): {e}", errors.len()));
+            }
+            Summary::of(&samples)
+        }
+        Err(e) => {
+            out.errors.push(format!("{what}: {e:#}"));
+            Summary::default()
+        }
+    }
 }
 
 async fn bounded<T, E: std::fmt::Display>(
@@ -306,19 +353,23 @@ async fn connect_phase(args: &WorkerArgs, out: &mut ClientRun) {
 /// Open loop: RPC i starts at `start + i * interval` whether or not earlier ones finished,
 /// so a stall shows in every RPC it delays (no coordinated omission).
 async fn rpc_phase(
-    conn: &Connection,
+    channel: Channel,
     count: u32,
     interval_ms: u32,
 ) -> anyhow::Result<(Vec<f64>, Vec<String>)> {
+    let client = DiagnosticsClient::new(channel);
     // Warm-up; a failed RPC here is not fatal (the measured ones count their errors).
     let mut warm_ok = 0;
     for _ in 0..20 {
-        warm_ok += u32::from(ping(conn).await.is_ok());
+        warm_ok += u32::from(
+            bounded("ping", client.clone().ping(ping_request()))
+                .await
+                .is_ok(),
+        );
     }
     if warm_ok == 0 {
         anyhow::bail!("every warm-up RPC failed");
     }
-    let client = DiagnosticsClient::new(conn.channel());
     let start = Instant::now();
     let interval = Duration::from_millis(u64::from(interval_ms));
     let mut tasks = tokio::task::JoinSet::new();

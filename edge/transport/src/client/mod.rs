@@ -13,8 +13,11 @@
 //! A rejected client certificate is *not* a reason to fall back (TCP would be refused the
 //! same way), and is reported with the gateway's reason.
 
+mod hedge;
 mod quic;
 mod tcp;
+
+pub use hedge::Hedge;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -155,6 +158,8 @@ pub struct ClientConfig {
     pub hint: PathHint,
     /// TLS server name; defaults to the endpoint host.
     pub server_name: Option<String>,
+    /// When idempotent reads are sent twice on QUIC (see `hedge`). Default `auto`.
+    pub hedge: Hedge,
 }
 
 impl ClientConfig {
@@ -168,6 +173,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             hint: PathHint::Auto,
             server_name: None,
+            hedge: Hedge::default(),
         }
     }
 }
@@ -540,6 +546,17 @@ pub struct Channel {
     inner: ChannelInner,
     origin: Origin,
     bearer: Option<HeaderValue>,
+    hedge: Hedge,
+    /// QUIC only: what `auto` hedging looks at.
+    hedger: Option<Arc<hedge::Hedger>>,
+}
+
+impl Channel {
+    /// The same channel with another hedging policy (e.g. `off` to measure without it).
+    pub fn hedging(mut self, policy: Hedge) -> Channel {
+        self.hedge = policy;
+        self
+    }
 }
 
 impl std::fmt::Debug for Channel {
@@ -572,8 +589,20 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
         }
         match &self.inner {
             ChannelInner::H3(send) => {
-                let fut = quic::call(send.clone(), req);
-                Box::pin(async move { Ok(grpc_from_http_error(fut.await?)) })
+                let spacing = self
+                    .hedger
+                    .as_ref()
+                    .and_then(|h| h.spacing_for(self.hedge, req.uri().path()));
+                match spacing {
+                    Some(spacing) => {
+                        let fut = quic::call_hedged(send.clone(), req, spacing);
+                        Box::pin(async move { Ok(grpc_from_http_error(fut.await?)) })
+                    }
+                    None => {
+                        let fut = quic::call(send.clone(), req);
+                        Box::pin(async move { Ok(grpc_from_http_error(fut.await?)) })
+                    }
+                }
             }
             ChannelInner::H2(send) => {
                 let fut = send.clone().send_request(req);

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use tokio::sync::watch;
 
+use super::hedge::{self, Hedger};
 use super::{Channel, ChannelInner, ClientConfig, Connection, Origin, ZeroRtt, bearer_value};
 use crate::config::QuicTuning;
 use crate::h3io::{self, ClientSend, H3Body};
@@ -104,6 +105,8 @@ impl QuicClient {
                     authority,
                 },
                 bearer: bearer_value(&cfg.bearer)?,
+                hedge: cfg.hedge,
+                hedger: Some(Arc::new(Hedger::new(conn.clone()))),
             },
             kind: TransportKind::Quic,
             zero_rtt: zero_rx,
@@ -157,6 +160,54 @@ pub(super) async fn call(
         parts,
         tonic::body::Body::new(H3Body::new(rx)),
     ))
+}
+
+/// A hedgeable read sent twice, `spacing` apart, on two streams (see `hedge`).
+pub(super) async fn call_hedged(
+    send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    req: Request<tonic::body::Body>,
+    spacing: std::time::Duration,
+) -> Result<Response<tonic::body::Body>, BoxError> {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let body = http_body_util::Limited::new(body, hedge::MAX_REQUEST)
+        .collect()
+        .await?;
+    let trailers = body.trailers().cloned();
+    let data = body.to_bytes();
+    let attempt = |mut send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>| {
+        let mut head = Request::new(());
+        *head.method_mut() = parts.method.clone();
+        *head.uri_mut() = parts.uri.clone();
+        *head.version_mut() = parts.version;
+        *head.headers_mut() = parts.headers.clone();
+        let (data, trailers) = (data.clone(), trailers.clone());
+        async move {
+            let stream = send.send_request(head).await?;
+            let (mut tx, rx): (ClientSend, _) = stream.split();
+            tokio::spawn(async move {
+                let sent = async {
+                    if !data.is_empty() {
+                        tx.send_data(data).await?;
+                    }
+                    if let Some(t) = trailers {
+                        tx.send_trailers(t).await?;
+                    }
+                    tx.finish().await
+                };
+                if let Err(e) = sent.await {
+                    tracing::debug!(error = %e, "hedged request body not delivered");
+                }
+            });
+            let mut rx = rx;
+            let head = rx.recv_response().await?;
+            let (parts, ()) = head.into_parts();
+            let body =
+                hedge::Replay::read_ahead(H3Body::new(rx), hedge::MAX_BUFFERED_ANSWER).await?;
+            Ok(Response::from_parts(parts, tonic::body::Body::new(body)))
+        }
+    };
+    hedge::race(attempt(send.clone()), attempt(send), spacing).await
 }
 
 pub(super) async fn open_tunnel(

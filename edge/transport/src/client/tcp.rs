@@ -102,6 +102,8 @@ where
             inner: ChannelInner::H2(send),
             origin: Origin { scheme, authority },
             bearer: bearer_value(&cfg.bearer)?,
+            hedge: cfg.hedge,
+            hedger: None,
         },
         kind: TransportKind::Tcp,
         zero_rtt: zero_rx,
