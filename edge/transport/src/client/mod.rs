@@ -594,9 +594,13 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
                     .as_ref()
                     .and_then(|h| h.spacing_for(self.hedge, req.uri().path()));
                 match spacing {
-                    Some(spacing) => {
+                    Some((spacing, in_flight)) => {
                         let fut = quic::call_hedged(send.clone(), req, spacing);
-                        Box::pin(async move { Ok(grpc_from_http_error(fut.await?)) })
+                        Box::pin(async move {
+                            let resp = fut.await;
+                            drop(in_flight);
+                            Ok(grpc_from_http_error(resp?))
+                        })
                     }
                     None => {
                         let fut = quic::call(send.clone(), req);
