@@ -104,12 +104,13 @@ impl QuicClient {
                     authority,
                 },
                 bearer: bearer_value(&cfg.bearer)?,
+                agent: None,
             },
             kind: TransportKind::Quic,
             zero_rtt: zero_rx,
-            remote: addr,
+            remote: Some(addr),
             quic: Some((conn, endpoint)),
-            tcp_closed: None,
+            h2_closed: None,
         })
     }
 }
