@@ -77,7 +77,7 @@ pub async fn run(args: AgentArgs, global: &GlobalArgs) -> Result<ExitCode, CliEr
 /// What is on the socket right now.
 enum Found {
     /// An agent for this registration answered.
-    Running(Connection),
+    Running(Box<Connection>),
     /// An agent answered but serves an older registration (it is exiting now).
     Outdated,
     Nothing,
@@ -102,7 +102,7 @@ async fn probe(gw: &ResolvedGateway, paths: &AgentPaths) -> Result<Found, CliErr
         Err(e) => return Err(e.into()),
     };
     Ok(if status == StatusCode::OK {
-        Found::Running(conn)
+        Found::Running(Box::new(conn))
     } else {
         Found::Outdated
     })
