@@ -33,6 +33,10 @@ pub struct GlobalArgs {
         env = "OPENSHELL_TRANSPORT"
     )]
     pub transport: TransportChoice,
+    /// Connect directly even when a connection agent runs for the gateway (also
+    /// OPENSHELL_NO_AGENT=1).
+    #[arg(long, global = true)]
+    pub no_agent: bool,
     /// More logging on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -63,6 +67,8 @@ pub enum Command {
     /// Relay stdin/stdout to a sandbox's SSH server (ssh's ProxyCommand; see `sandbox ssh-config`).
     #[command(hide = true)]
     SshProxy(commands::ssh::SshProxyArgs),
+    /// A per-gateway background agent that keeps the connection warm for every command.
+    Agent(commands::agent::AgentArgs),
     /// Certificate authority: issue, list, inspect, revoke and rotate certificates.
     Pki(commands::pki::PkiArgs),
     /// Diagnose configuration, credentials and connectivity.

@@ -11,7 +11,7 @@ use openshell_transport::tls::ClientMaterial;
 use openshell_transport::{ClientConfig, Connection, Connector, Endpoint, PathHint};
 
 use crate::CliError;
-use crate::args::TransportChoice;
+use crate::args::{GlobalArgs, TransportChoice};
 use crate::config::{AuthMode, ResolvedGateway};
 
 /// A connection plus what the CLI knows about the gateway it reached.
@@ -125,12 +125,20 @@ fn last_transport(gw: &ResolvedGateway) -> Option<String> {
         .and_then(|(m, _)| m.transport_last_used)
 }
 
-/// Connects to the gateway and remembers the path that worked.
+/// Connects to the gateway: through its connection agent when one runs for it (see
+/// [`crate::agent`]; `--no-agent` bypasses it), else directly, remembering the path that
+/// worked.
 pub async fn connect(
     gw: &ResolvedGateway,
-    choice: TransportChoice,
+    global: &GlobalArgs,
 ) -> Result<GatewayConnection, CliError> {
-    let cfg = client_config(gw, choice)?;
+    if let Some(conn) = crate::agent::connect_if_running(gw, global).await {
+        return Ok(GatewayConnection {
+            conn,
+            gateway: gw.clone(),
+        });
+    }
+    let cfg = client_config(gw, global.transport)?;
     let spinner = crate::output::Spinner::start(format!("connecting to {}", gw.endpoint));
     let result = Connector::new(cfg)?.connect().await;
     spinner.finish().await;

@@ -2,8 +2,10 @@
 //!
 //! Layout: `args` (clap definitions), `config` (the on-disk gateway registry under
 //! `~/.config/openshell`), `client` (connecting to the resolved gateway over QUIC or TCP),
-//! `commands/*` (one module per command group), `output` (tables, JSON, YAML, errors).
+//! `agent` (the per-gateway connection agent), `commands/*` (one module per command group),
+//! `output` (tables, JSON, YAML, errors).
 
+pub mod agent;
 pub mod args;
 pub mod client;
 pub mod commands;

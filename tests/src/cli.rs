@@ -102,6 +102,8 @@ impl CliUser {
             "OPENSHELL_GATEWAY_ENDPOINT",
             "OPENSHELL_LOGIN_TIMEOUT_SECS",
             "OPENSHELL_TRANSPORT",
+            "OPENSHELL_NO_AGENT",
+            "XDG_RUNTIME_DIR",
             "RUST_LOG",
         ] {
             cmd.env_remove(var);

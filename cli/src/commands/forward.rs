@@ -287,7 +287,7 @@ async fn serve(
     name: &str,
     bind: SocketAddr,
 ) -> Result<ExitCode, CliError> {
-    let conn = crate::client::connect(gw, global.transport).await?;
+    let conn = crate::client::connect(gw, global).await?;
     let sandbox = crate::commands::ssh::get_sandbox(&conn, name).await?;
     let sandbox_id = sandbox.meta.map(|m| m.id).unwrap_or_default();
     let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
@@ -321,10 +321,10 @@ async fn serve(
                 let _ = socket.set_nodelay(true);
                 let shared = shared.clone();
                 let gw = gw.clone();
-                let transport = global.transport;
+                let global = global.clone();
                 let target = TunnelTarget::SandboxPort(name.to_string(), port);
                 tokio::spawn(async move {
-                    if let Err(e) = relay_one(socket, &shared, &gw, transport, &target).await {
+                    if let Err(e) = relay_one(socket, &shared, &gw, &global, &target).await {
                         eprintln!("warning: connection from {peer} not forwarded: {e}");
                     }
                 });
@@ -344,7 +344,7 @@ async fn relay_one(
     mut socket: tokio::net::TcpStream,
     shared: &Mutex<Arc<Connection>>,
     gw: &ResolvedGateway,
-    transport: crate::args::TransportChoice,
+    global: &GlobalArgs,
     target: &TunnelTarget,
 ) -> Result<(), CliError> {
     let conn = shared.lock().await.clone();
@@ -352,7 +352,7 @@ async fn relay_one(
         Ok(t) => t,
         Err(e) if conn.close_reason().is_some() => {
             tracing::info!(error = %e, "gateway connection lost; reconnecting");
-            let fresh = Arc::new(crate::client::connect(gw, transport).await?.conn);
+            let fresh = Arc::new(crate::client::connect(gw, global).await?.conn);
             *shared.lock().await = fresh.clone();
             fresh.open_tunnel(target).await?
         }

@@ -46,7 +46,7 @@ pub async fn run(output: OutputFormat, global: &GlobalArgs) -> Result<ExitCode, 
             "Register a gateway with: openshell gateway add <endpoint>",
         ));
     };
-    let conn = crate::client::connect(&gw, global.transport).await?;
+    let conn = crate::client::connect(&gw, global).await?;
     let reply = OpenShellClient::new(conn.conn.channel())
         .get_gateway_info(GetGatewayInfoRequest {})
         .await;

@@ -1,5 +1,6 @@
 //! One module per command group; `dispatch` routes a parsed command line to it.
 
+pub mod agent;
 pub mod completions;
 pub mod doctor;
 pub mod forward;
@@ -21,6 +22,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Gateway(args) => gateway::run(args, &global).await,
         Command::Status(args) => status::run(args, &global).await,
+        Command::Agent(args) => agent::run(args, &global).await,
         Command::Pki(args) => pki::run(args, &global).await,
         Command::Sandbox(args) => sandbox::run(args, &global).await,
         Command::Doctor(args) => doctor::run(args, &global).await,

@@ -303,7 +303,7 @@ async fn call<T>(
 
 pub async fn run(args: SandboxArgs, global: &GlobalArgs) -> Result<ExitCode, CliError> {
     let gw = crate::config::resolve(global)?;
-    let conn = crate::client::connect(&gw, global.transport).await?;
+    let conn = crate::client::connect(&gw, global).await?;
     let mut api = OpenShellClient::new(conn.conn.channel());
     use crate::commands::{ssh, transfer};
     match args.command {

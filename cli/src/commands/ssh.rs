@@ -359,7 +359,7 @@ pub async fn proxy(args: SshProxyArgs, global: &GlobalArgs) -> Result<ExitCode, 
         .or(args.name_flag)
         .ok_or_else(|| CliError::msg("no sandbox name given"))?;
     let gw = crate::config::resolve(&global)?;
-    let conn = crate::client::connect(&gw, global.transport).await?;
+    let conn = crate::client::connect(&gw, &global).await?;
     prepare(&conn, &global, &name).await?;
     let tunnel = conn
         .conn

@@ -49,6 +49,8 @@ struct Transport {
     kind: &'static str,
     zero_rtt: bool,
     fallback: bool,
+    /// Through the local connection agent (`kind` and `zero_rtt` are then its connection's).
+    via_agent: bool,
 }
 
 pub async fn run(args: StatusArgs, global: &GlobalArgs) -> Result<ExitCode, CliError> {
@@ -127,7 +129,7 @@ async fn probe(gw: &ResolvedGateway, global: &GlobalArgs) -> Report {
         };
         report.hint = Some(fix_hint(gw));
     };
-    let conn = match crate::client::connect(gw, global.transport).await {
+    let conn = match crate::client::connect(gw, global).await {
         Ok(c) => c,
         Err(CliError::Transport(TransportError::Rejected(reason))) => {
             failed_auth(&mut report, reason);
@@ -151,8 +153,14 @@ async fn probe(gw: &ResolvedGateway, global: &GlobalArgs) -> Report {
             return report;
         }
     };
-    let mut api = OpenShellClient::new(conn.conn.channel());
-    match api.health(HealthRequest {}).await {
+    // Both RPCs at once: a cold `status` costs one round trip of RPCs after connecting.
+    let mut health_api = OpenShellClient::new(conn.conn.channel());
+    let mut info_api = OpenShellClient::new(conn.conn.channel());
+    let (health, info) = tokio::join!(
+        health_api.health(HealthRequest {}),
+        info_api.get_gateway_info(GetGatewayInfoRequest {})
+    );
+    match health {
         Ok(h) => {
             report.status = "connected";
             report.version = Some(h.into_inner().version);
@@ -177,8 +185,9 @@ async fn probe(gw: &ResolvedGateway, global: &GlobalArgs) -> Report {
         kind: conn.conn.transport().as_str(),
         zero_rtt,
         fallback: conn.conn.transport() == TransportKind::Tcp,
+        via_agent: conn.conn.via_agent(),
     });
-    match api.get_gateway_info(GetGatewayInfoRequest {}).await {
+    match info {
         Ok(_) => {
             report.authentication = match gw.auth {
                 AuthMode::Plaintext => Auth {
@@ -248,10 +257,12 @@ fn render(r: &Report) -> String {
         out.push_str(&format!("  Version: {v}\n"));
     }
     if let Some(t) = &r.transport {
+        let agent = if t.via_agent { ", via agent" } else { "" };
         let path = match (t.kind, t.zero_rtt) {
-            ("quic", true) => "QUIC (0-RTT)".to_string(),
+            ("quic", true) => format!("QUIC (0-RTT{agent})"),
+            ("quic", false) if t.via_agent => "QUIC (via agent)".to_string(),
             ("quic", false) => "QUIC".to_string(),
-            _ => "TCP (fallback)".to_string(),
+            _ => format!("TCP (fallback{agent})"),
         };
         out.push_str(&format!("  Transport: {path}\n"));
     }

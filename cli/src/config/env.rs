@@ -38,6 +38,12 @@ pub struct Env {
     /// `OPENSHELL_CONGESTION` as given: the QUIC congestion controller of this end (it
     /// governs uploads): `cubic` (default), `newreno`, `bbr` or `tolerant`.
     pub congestion: Option<String>,
+    /// `OPENSHELL_NO_AGENT` = `1`/`true`/`yes`: connect directly even when a connection
+    /// agent runs for the gateway (as `--no-agent`).
+    pub no_agent: bool,
+    /// `XDG_RUNTIME_DIR`; only an absolute value counts. The agent's socket goes there when
+    /// that path is shorter than the one under the gateway's config directory.
+    pub xdg_runtime_dir: Option<PathBuf>,
 }
 
 impl Env {
@@ -68,6 +74,12 @@ impl Env {
             no_browser: get("OPENSHELL_NO_BROWSER").is_some_and(|v| {
                 matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes")
             }),
+            no_agent: get("OPENSHELL_NO_AGENT").is_some_and(|v| {
+                matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes")
+            }),
+            xdg_runtime_dir: non_blank("XDG_RUNTIME_DIR")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute()),
             login_timeout: non_blank("OPENSHELL_LOGIN_TIMEOUT_SECS")
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs)
@@ -170,5 +182,15 @@ mod tests {
         assert_eq!(e.login_timeout, Duration::from_secs(7));
         assert_eq!(env(&[]).login_timeout, DEFAULT_LOGIN_TIMEOUT);
         assert!(!env(&[("OPENSHELL_NO_BROWSER", "0")]).no_browser);
+    }
+
+    #[test]
+    fn no_agent_and_runtime_dir() {
+        assert!(env(&[("OPENSHELL_NO_AGENT", "1")]).no_agent);
+        assert!(!env(&[("OPENSHELL_NO_AGENT", "0")]).no_agent);
+        assert!(!env(&[]).no_agent);
+        let e = env(&[("XDG_RUNTIME_DIR", "/run/user/1000")]);
+        assert_eq!(e.xdg_runtime_dir, Some(PathBuf::from("/run/user/1000")));
+        assert_eq!(env(&[("XDG_RUNTIME_DIR", "rel")]).xdg_runtime_dir, None);
     }
 }

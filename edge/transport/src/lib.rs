@@ -8,6 +8,7 @@
 //! Does not own: what RPCs do (the gateway), where tunnels go (a `TunnelService` the
 //! gateway provides), certificate issuance (`openshell-pki`), or configuration files.
 
+pub mod agent;
 pub mod client;
 pub mod close;
 pub mod config;
@@ -22,6 +23,7 @@ use std::net::SocketAddr;
 
 pub use client::{
     Channel, ClientConfig, Connection, Connector, Endpoint, Hedge, PathHint, ZeroRtt,
+    connect_agent, connect_agent_unchecked,
 };
 pub use config::{Congestion, QuicTuning};
 pub use identity::{AuthKind, Principal};
@@ -55,6 +57,15 @@ impl TransportKind {
         match self {
             TransportKind::Quic => "quic",
             TransportKind::Tcp => "tcp",
+        }
+    }
+
+    /// The inverse of [`TransportKind::as_str`].
+    pub fn parse(s: &str) -> Option<TransportKind> {
+        match s {
+            "quic" => Some(TransportKind::Quic),
+            "tcp" => Some(TransportKind::Tcp),
+            _ => None,
         }
     }
 }
@@ -94,6 +105,12 @@ pub enum TransportError {
     TunnelRefused { status: u16, reason: String },
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Nothing listens on the agent's socket (no file, or one left by an agent that died).
+    #[error("no agent listens on {socket}: {detail}")]
+    NoAgent { socket: String, detail: String },
+    /// The local agent could not be used (refused, unanswered, or not speaking our protocol).
+    #[error("{0}")]
+    Agent(String),
 }
 
 impl TransportError {

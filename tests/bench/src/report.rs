@@ -238,6 +238,50 @@ fn impaired(r: &Results) -> impl Iterator<Item = &CellResult> {
 }
 
 /// All the tables, as Markdown.
+/// Whole-process `status` through the connection agent, warm and after an idle
+/// disconnect, with RTTs over the same measurement at the floor.
+fn agent_table(r: &Results, s: &mut String) {
+    if !r.cells.iter().any(|c| c.agent.is_some()) {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n### Cold command through the connection agent (ms, p50 / p99)\n"
+    );
+    let _ = writeln!(
+        s,
+        "Whole `openshell status` processes served by `openshell agent` (a local process holding the QUIC connection). Warm: the agent's connection is up. After idle: it was dropped by `--idle-disconnect` and the agent reconnects, in 0-RTT when the gateway accepts its in-memory ticket. RTTs over floor = (p50 - floor p50) / RTT.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| cell | warm agent | RTTs over floor | after idle (reconnect) | RTTs over floor | 0-RTT accepted / samples | failures |\n|---|---|---|---|---|---|---|"
+    );
+    let floor = r.floor().and_then(|c| c.agent.as_ref());
+    let over = |c: &CellResult, pick: fn(&crate::results::AgentCli) -> &Summary| {
+        let here = c.agent.as_ref().and_then(|a| p50(pick(a)));
+        let base = floor.and_then(|a| p50(pick(a)));
+        match (here, base) {
+            _ if c.cell.floor || c.cell.rtt_ms == 0 => "–".to_string(),
+            (Some(h), Some(b)) => f2((h - b) / f64::from(c.cell.rtt_ms)),
+            _ => "–".to_string(),
+        }
+    };
+    for c in &r.cells {
+        let Some(a) = &c.agent else { continue };
+        let (ok, n) = a.zero_rtt_accepted();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {ok} / {n} | {} |",
+            c.cell.label(),
+            p50_p99(&a.warm.wall),
+            over(c, |a| &a.warm.wall),
+            p50_p99(&a.reconnect.wall),
+            over(c, |a| &a.reconnect.wall),
+            a.warm.failures + a.reconnect.failures
+        );
+    }
+}
+
 pub fn markdown(r: &Results) -> String {
     let mut s = String::new();
     let m = &r.meta;
@@ -289,6 +333,8 @@ pub fn markdown(r: &Results) -> String {
             p50_p99(&q.close_wait)
         );
     }
+
+    agent_table(r, &mut s);
 
     let _ = writeln!(s, "\n### Warm unary RPC (ms, p50 / p95 / p99)\n");
     let _ = writeln!(
@@ -718,6 +764,7 @@ mod tests {
             cell: c,
             quic: side("quic", q_p99, 20.0 + 200.0 * scale, 2.0 + 100.0 * scale),
             tcp: side("tcp", t_p99, 20.0 + 300.0 * scale, 0.0),
+            agent: None,
         };
         Results {
             meta: Meta {

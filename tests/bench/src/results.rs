@@ -107,11 +107,36 @@ pub struct Side {
     pub link: LinkDelta,
 }
 
+/// Whole-process `openshell status` through the connection agent (`openshell agent`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentCli {
+    /// The agent holds a warm connection: the command costs its RPCs only.
+    pub warm: CliRuns,
+    /// The agent dropped its idle connection and reconnects for the command (0-RTT when
+    /// the gateway accepts the ticket it kept).
+    pub reconnect: CliRuns,
+    /// Per successful reconnect sample, in order: whether the gateway accepted 0-RTT.
+    pub reconnect_zero_rtt: Vec<bool>,
+}
+
+impl AgentCli {
+    /// (accepted, samples) of the reconnect cell.
+    pub fn zero_rtt_accepted(&self) -> (usize, usize) {
+        (
+            self.reconnect_zero_rtt.iter().filter(|a| **a).count(),
+            self.reconnect_zero_rtt.len(),
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CellResult {
     pub cell: Cell,
     pub quic: Side,
     pub tcp: Side,
+    /// Absent in results from before the agent existed.
+    #[serde(default)]
+    pub agent: Option<AgentCli>,
 }
 
 /// One congestion controller in one lossy cell (QUIC, bulk only).

@@ -31,6 +31,8 @@ use crate::results::{
 };
 use crate::stats::Summary;
 
+mod agent;
+
 const GATEWAY_PORT: u16 = 17670;
 const LOOPBACK_PORT: u16 = 17671;
 /// Connections per `hold` process in the memory phase.
@@ -735,10 +737,20 @@ async fn measure(
         }
         let tcp = sides.pop().unwrap_or_default();
         let quic = sides.pop().unwrap_or_default();
+        let agent = agent::agent_runs(env, link, stop).await;
+        env.log(format!(
+            "{} agent: status warm p50 {} ms, after idle p50 {} ms, 0-RTT {}/{}",
+            cell.name,
+            report::f1(agent.warm.wall.p50_ms),
+            report::f1(agent.reconnect.wall.p50_ms),
+            agent.zero_rtt_accepted().0,
+            agent.zero_rtt_accepted().1
+        ));
         results.cells.push(CellResult {
             cell: cell.clone(),
             quic,
             tcp,
+            agent: Some(agent),
         });
         write_results(&args.out, results)?;
     }

@@ -13,10 +13,13 @@
 //! A rejected client certificate is *not* a reason to fall back (TCP would be refused the
 //! same way), and is reported with the gateway's reason.
 
+mod agent;
+mod h2;
 mod hedge;
 mod quic;
 mod tcp;
 
+pub use agent::{connect_agent, connect_agent_unchecked};
 pub use hedge::Hedge;
 
 use std::net::SocketAddr;
@@ -188,6 +191,29 @@ pub enum ZeroRtt {
     Accepted,
     /// The gateway refused early data; quinn resent the requests after the handshake.
     Rejected,
+}
+
+impl ZeroRtt {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ZeroRtt::NotAttempted => "none",
+            ZeroRtt::Pending => "pending",
+            ZeroRtt::Accepted => "accepted",
+            ZeroRtt::Rejected => "rejected",
+        }
+    }
+
+    /// The inverse of [`ZeroRtt::as_str`].
+    pub fn parse(s: &str) -> Option<ZeroRtt> {
+        [
+            ZeroRtt::NotAttempted,
+            ZeroRtt::Pending,
+            ZeroRtt::Accepted,
+            ZeroRtt::Rejected,
+        ]
+        .into_iter()
+        .find(|z| z.as_str() == s)
+    }
 }
 
 /// Connects to one gateway, reusing TLS configuration (and so session tickets) across
@@ -388,20 +414,22 @@ fn combine(quic: TransportError, tcp: TransportError) -> TransportError {
     }
 }
 
-/// An established connection to a gateway.
+/// An established connection to a gateway, direct or through the local agent.
 pub struct Connection {
     channel: Channel,
     kind: TransportKind,
     zero_rtt: watch::Receiver<ZeroRtt>,
-    remote: SocketAddr,
+    /// The gateway's address; `None` through the agent.
+    remote: Option<SocketAddr>,
     quic: Option<(quinn::Connection, quinn::Endpoint)>,
-    tcp_closed: Option<watch::Receiver<tcp::TcpClose>>,
+    h2_closed: Option<watch::Receiver<h2::H2Close>>,
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
-            .field("transport", &self.kind)
+            .field("transport", &self.transport())
+            .field("via_agent", &self.via_agent())
             .field("remote", &self.remote)
             .finish()
     }
@@ -413,15 +441,27 @@ impl Connection {
         self.channel.clone()
     }
 
+    /// The path to the gateway. Through the agent: the path of the agent's own connection
+    /// as its latest answer named it (QUIC until an answer says otherwise).
     pub fn transport(&self) -> TransportKind {
-        self.kind
+        match &self.channel.agent {
+            Some(seen) => seen.kind().unwrap_or(TransportKind::Quic),
+            None => self.kind,
+        }
     }
 
-    pub fn remote_addr(&self) -> SocketAddr {
+    /// True when this connection goes through the local agent's Unix socket.
+    pub fn via_agent(&self) -> bool {
+        self.channel.agent.is_some()
+    }
+
+    /// The gateway's address (`None` through the agent, which holds the real connection).
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.remote
     }
 
-    /// Early-data state right now.
+    /// Early-data state right now. Through the agent: that of the agent's connection as its
+    /// latest answer reported it.
     pub fn zero_rtt(&self) -> ZeroRtt {
         *self.zero_rtt.borrow()
     }
@@ -439,15 +479,7 @@ impl Connection {
             ChannelInner::H3(send) => {
                 quic::open_tunnel(send.clone(), &self.channel.origin, target).await
             }
-            ChannelInner::H2(send) => {
-                tcp::open_tunnel(
-                    send.clone(),
-                    &self.channel.origin,
-                    target,
-                    &self.channel.bearer,
-                )
-                .await
-            }
+            ChannelInner::H2(send) => h2::open_tunnel(&self.channel, send.clone(), target).await,
         };
         result.map_err(|e| self.explain_error(e))
     }
@@ -458,9 +490,9 @@ impl Connection {
             let reason = conn.close_reason()?;
             return Some(quic::classify(&reason));
         }
-        let rx = self.tcp_closed.as_ref()?;
+        let rx = self.h2_closed.as_ref()?;
         let reason = rx.borrow().clone()?;
-        Some(tcp::classify_text(reason))
+        Some(h2::classify_text(reason))
     }
 
     /// Replaces a failed RPC's status with the connection's close reason when that is what
@@ -549,6 +581,8 @@ pub struct Channel {
     hedge: Hedge,
     /// QUIC only: what `auto` hedging looks at.
     hedger: Option<Arc<hedge::Hedger>>,
+    /// Set on connections through the agent: what its answers say about its upstream.
+    agent: Option<Arc<AgentSeen>>,
 }
 
 impl Channel {
@@ -556,6 +590,40 @@ impl Channel {
     pub fn hedging(mut self, policy: Hedge) -> Channel {
         self.hedge = policy;
         self
+    }
+}
+
+/// What the agent's answers said about its own connection to the gateway (response headers
+/// [`crate::agent::UPSTREAM_HEADER`] and [`crate::agent::ZERO_RTT_HEADER`]).
+pub(crate) struct AgentSeen {
+    kind: std::sync::Mutex<Option<TransportKind>>,
+    zero_rtt: watch::Sender<ZeroRtt>,
+}
+
+impl AgentSeen {
+    fn new(zero_rtt: watch::Sender<ZeroRtt>) -> Self {
+        AgentSeen {
+            kind: std::sync::Mutex::new(None),
+            zero_rtt,
+        }
+    }
+
+    fn kind(&self) -> Option<TransportKind> {
+        *self.kind.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn observe(&self, headers: &http::HeaderMap) {
+        fn text<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+            headers.get(name).and_then(|v| v.to_str().ok())
+        }
+        if let Some(kind) =
+            text(headers, crate::agent::UPSTREAM_HEADER).and_then(TransportKind::parse)
+        {
+            *self.kind.lock().unwrap_or_else(|p| p.into_inner()) = Some(kind);
+        }
+        if let Some(z) = text(headers, crate::agent::ZERO_RTT_HEADER).and_then(ZeroRtt::parse) {
+            self.zero_rtt.send_replace(z);
+        }
     }
 }
 
@@ -610,8 +678,12 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
             }
             ChannelInner::H2(send) => {
                 let fut = send.clone().send_request(req);
+                let agent = self.agent.clone();
                 Box::pin(async move {
                     let resp = fut.await?;
+                    if let Some(seen) = agent {
+                        seen.observe(resp.headers());
+                    }
                     Ok(grpc_from_http_error(resp.map(tonic::body::Body::new)))
                 })
             }

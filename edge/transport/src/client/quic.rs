@@ -107,12 +107,13 @@ impl QuicClient {
                 bearer: bearer_value(&cfg.bearer)?,
                 hedge: cfg.hedge,
                 hedger: Some(Arc::new(Hedger::new(conn.clone()))),
+                agent: None,
             },
             kind: TransportKind::Quic,
             zero_rtt: zero_rx,
-            remote: addr,
+            remote: Some(addr),
             quic: Some((conn, endpoint)),
-            tcp_closed: None,
+            h2_closed: None,
         })
     }
 }
