@@ -105,6 +105,19 @@ async fn all_rpc_shapes_over_quic_and_tcp() {
     }
 }
 
+/// One Ping whose answer must carry `payload` back.
+async fn ping_echoes(mut diag: DiagnosticsClient<openshell_transport::Channel>, payload: Vec<u8>) {
+    let pong = diag
+        .ping(PingRequest {
+            payload: payload.clone(),
+            response_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pong.payload, payload);
+}
+
 /// Hedging sends reads twice on QUIC; whichever copy answers, callers must see exactly what
 /// one unhedged call would: their own payload, whole large answers, error statuses, and
 /// streaming calls (never hedged) unchanged. Over TCP the policy is ignored.
@@ -118,21 +131,8 @@ async fn hedged_reads_answer_exactly_like_single_ones() {
         let hedged = conn.channel().hedging(Hedge::Always);
         let mut diag = DiagnosticsClient::new(hedged.clone());
         // Many at once, each with its own payload: answers must not cross.
-        let calls = (0..200u32).map(|i| {
-            let mut diag = diag.clone();
-            async move {
-                let payload = format!("ping {i}").into_bytes();
-                let pong = diag
-                    .ping(PingRequest {
-                        payload: payload.clone(),
-                        response_size: 0,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                assert_eq!(pong.payload, payload);
-            }
-        });
+        let calls =
+            (0..200u32).map(|i| ping_echoes(diag.clone(), format!("ping {i}").into_bytes()));
         futures::future::join_all(calls).await;
         let big = diag
             .ping(PingRequest {
@@ -206,19 +206,10 @@ async fn thousand_concurrent_rpcs_share_one_connection() {
         .await
         .unwrap();
     let calls = (0..1000u32).map(|i| {
-        let mut diag = DiagnosticsClient::new(conn.channel());
-        async move {
-            let payload = i.to_be_bytes().to_vec();
-            let r = diag
-                .ping(PingRequest {
-                    payload: payload.clone(),
-                    response_size: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            assert_eq!(r.payload, payload);
-        }
+        ping_echoes(
+            DiagnosticsClient::new(conn.channel()),
+            i.to_be_bytes().to_vec(),
+        )
     });
     tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(calls))
         .await

@@ -164,19 +164,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ClientRun> {
     // The unhedged baseline of the same connection first, so hedging is judged against it.
     let baseline = args.target.transport == Transport::Quic && args.target.hedge != Hedge::Off;
     if args.phases.contains(&Phase::Rpc) {
-        if baseline {
-            let plain = conn.channel().hedging(Hedge::Off);
-            out.warm_rpc_unhedged = rpc_summary(
-                plain,
-                args.rpcs,
-                args.rpc_interval_ms,
-                "rpc without hedging",
-                &mut out,
-            )
-            .await;
-        }
-        out.warm_rpc = rpc_summary(
-            conn.channel(),
+        (out.warm_rpc_unhedged, out.warm_rpc) = rpc_pair(
+            &conn,
+            baseline,
             args.rpcs,
             args.rpc_interval_ms,
             "rpc",
@@ -185,19 +175,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ClientRun> {
         .await;
     }
     if args.phases.contains(&Phase::Sparse) {
-        if baseline {
-            let plain = conn.channel().hedging(Hedge::Off);
-            out.sparse_rpc_unhedged = rpc_summary(
-                plain,
-                args.sparse_rpcs,
-                args.sparse_interval_ms,
-                "sparse rpc without hedging",
-                &mut out,
-            )
-            .await;
-        }
-        out.sparse_rpc = rpc_summary(
-            conn.channel(),
+        (out.sparse_rpc_unhedged, out.sparse_rpc) = rpc_pair(
+            &conn,
+            baseline,
             args.sparse_rpcs,
             args.sparse_interval_ms,
             "sparse rpc",
@@ -220,6 +200,25 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ClientRun> {
         out.errors.push(format!("bulk: {e:#}"));
     }
     Ok(out)
+}
+
+/// An RPC phase without hedging (when `baseline`), then with the connection's policy.
+async fn rpc_pair(
+    conn: &Connection,
+    baseline: bool,
+    count: u32,
+    interval_ms: u32,
+    what: &str,
+    out: &mut ClientRun,
+) -> (Summary, Summary) {
+    let mut unhedged = Summary::default();
+    if baseline {
+        let plain = conn.channel().hedging(Hedge::Off);
+        let label = format!("{what} without hedging");
+        unhedged = rpc_summary(plain, count, interval_ms, &label, out).await;
+    }
+    let hedged = rpc_summary(conn.channel(), count, interval_ms, what, out).await;
+    (unhedged, hedged)
 }
 
 /// One RPC phase; failures are counted in `out` and left out of the summary.
