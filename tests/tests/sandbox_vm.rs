@@ -225,8 +225,16 @@ fn vm_sandbox_lifecycle() {
         "the per-start initramfs (with credentials) was left on disk"
     );
 
-    // The console is the sandbox's log.
-    let logs = s.u.run(&["sandbox", "logs", "demo"]).ok();
+    // The console is the sandbox's log. The supervisor's line may reach the serial console
+    // after the gateway already counts the sandbox Ready (slow under TCG): poll for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let logs = loop {
+        let logs = s.u.run(&["sandbox", "logs", "demo"]).ok();
+        if logs.stdout.contains("connected to the gateway") || Instant::now() > deadline {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(
         logs.stdout
             .contains("openshell-init: starting the main process"),
