@@ -249,16 +249,10 @@ async fn tunnel(
     // Tunnels wait for the handshake at the gateway anyway (never early data).
     conn.zero_rtt_settled().await;
     match conn.open_tunnel(&target).await {
-        Ok(mut upstream) => {
+        Ok(upstream) => {
             let upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
-                match upgrade.await {
-                    Ok(upgraded) => {
-                        let mut upgraded = TokioIo::new(upgraded);
-                        let _ = tokio::io::copy_bidirectional(&mut upgraded, &mut upstream).await;
-                    }
-                    Err(e) => tracing::debug!(error = %e, "agent tunnel upgrade failed"),
-                }
+                crate::tunnel::splice_upgrade(upgrade, upstream, "agent tunnel").await;
                 drop(activity);
             });
             let mut resp = Response::new(tonic::body::Body::empty());

@@ -71,6 +71,20 @@ impl fmt::Display for TunnelTarget {
     }
 }
 
+/// Joins an accepted HTTP/2 CONNECT (its upgrade) to `io` until both directions close.
+pub(crate) async fn splice_upgrade<IO>(upgrade: hyper::upgrade::OnUpgrade, mut io: IO, what: &str)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match upgrade.await {
+        Ok(upgraded) => {
+            let mut upgraded = hyper_util::rt::TokioIo::new(upgraded);
+            let _ = tokio::io::copy_bidirectional(&mut upgraded, &mut io).await;
+        }
+        Err(e) => tracing::debug!(error = %e, "{what} upgrade failed"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

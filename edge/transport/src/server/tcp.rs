@@ -197,17 +197,11 @@ async fn tunnel(
 ) -> Response<tonic::body::Body> {
     let headers = req.headers().clone();
     match shared.tunnels.open(ctx, headers).await {
-        Ok(mut backend) => {
+        Ok(backend) => {
             TransportMetrics::inc(&shared.metrics.tunnels_opened);
             let upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
-                match upgrade.await {
-                    Ok(upgraded) => {
-                        let mut upgraded = TokioIo::new(upgraded);
-                        let _ = tokio::io::copy_bidirectional(&mut upgraded, &mut backend).await;
-                    }
-                    Err(e) => tracing::debug!(error = %e, "tunnel upgrade failed"),
-                }
+                crate::tunnel::splice_upgrade(upgrade, backend, "tunnel").await;
             });
             Response::new(tonic::body::Body::empty())
         }
