@@ -1,8 +1,15 @@
 //! `CliUser`: one isolated user of the real `openshell` binary (own HOME, XDG config and
 //! state directories, and an empty system layer), and `Run`, a finished command to assert on.
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest any one `openshell` command may run in a test. The slowest real one (a sandbox
+/// in a software-emulated VM) takes about two minutes; past this the command is hung, and it
+/// is killed so the test fails with what it printed instead of stalling the whole run.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(300);
 
 /// A finished command: exit code and captured output.
 #[derive(Debug)]
@@ -124,12 +131,7 @@ impl CliUser {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let out = cmd.output().expect("cannot run openshell");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        finish_within(cmd, args, COMMAND_DEADLINE)
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
@@ -158,5 +160,77 @@ impl CliUser {
             return format!("error: {}", r.stderr);
         }
         r.json()["phase"].as_str().unwrap_or("").to_string()
+    }
+}
+
+type SharedBuf = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// Runs `cmd` to completion, capturing its output; kills it and panics, showing what it
+/// printed so far, when it is still running after `deadline`.
+fn finish_within(mut cmd: Command, args: &[&str], deadline: Duration) -> Run {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run openshell");
+    // A daemon the command starts may keep the pipes open after the command exits, so the
+    // output is collected as it arrives and the readers are given only a moment at the end.
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let sink = buf.clone();
+        std::thread::spawn(move || {
+            let mut pipe = pipe;
+            let mut chunk = [0u8; 8192];
+            while let Some(p) = pipe.as_mut() {
+                match p.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
+                }
+            }
+            drop(done_tx);
+        });
+        (buf, done)
+    };
+    let out = reader(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = reader(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let end = Instant::now() + deadline;
+    let status = loop {
+        match child.try_wait().expect("cannot wait for openshell") {
+            Some(status) => break Some(status),
+            None if Instant::now() >= end => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let collect = |(buf, done): (SharedBuf, std::sync::mpsc::Receiver<()>)| {
+        let _ = done.recv_timeout(Duration::from_secs(5));
+        let bytes = std::mem::take(&mut *buf.lock().unwrap());
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    let (stdout, stderr) = (collect(out), collect(err));
+    match status {
+        Some(status) => Run {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "`openshell {}` was still running after {deadline:?} and was killed\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            args.join(" ")
+        ),
     }
 }
