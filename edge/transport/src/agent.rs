@@ -48,8 +48,9 @@ pub const UPSTREAM_HEADER: &str = "openshell-agent-upstream";
 pub const ZERO_RTT_HEADER: &str = "openshell-agent-zero-rtt";
 
 /// How long a forwarded answer waits for the agent's handshake to settle so its 0-RTT
-/// header is final; a response normally arrives after it has.
-const SETTLE_WAIT: Duration = Duration::from_millis(500);
+/// header is final. A response normally arrives after it has; the wait covers a busy
+/// machine scheduling the handshake's task late. Past it the header says "pending".
+const SETTLE_WAIT: Duration = Duration::from_secs(3);
 
 /// Bound on a request body kept for a resend after refused early data (the idempotent
 /// reads are small unary requests).

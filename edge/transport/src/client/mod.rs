@@ -468,6 +468,11 @@ impl Connection {
 
     /// Early-data state once the handshake has finished.
     pub async fn zero_rtt_settled(&self) -> ZeroRtt {
+        // Through the agent the value is what its last answer said and nothing else will
+        // change it: waiting for a "pending" to settle would wait forever.
+        if self.via_agent() {
+            return *self.zero_rtt.borrow();
+        }
         let mut rx = self.zero_rtt.clone();
         let _ = rx.wait_for(|z| *z != ZeroRtt::Pending).await;
         *rx.borrow()
@@ -662,13 +667,9 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
                     .as_ref()
                     .and_then(|h| h.spacing_for(self.hedge, req.uri().path()));
                 match spacing {
-                    Some((spacing, in_flight)) => {
+                    Some(spacing) => {
                         let fut = quic::call_hedged(send.clone(), req, spacing);
-                        Box::pin(async move {
-                            let resp = fut.await;
-                            drop(in_flight);
-                            Ok(grpc_from_http_error(resp?))
-                        })
+                        Box::pin(async move { Ok(grpc_from_http_error(fut.await?)) })
                     }
                     None => {
                         let fut = quic::call(send.clone(), req);
