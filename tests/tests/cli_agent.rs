@@ -293,6 +293,77 @@ fn a_killed_agent_leaves_a_stale_socket_that_commands_clean_up() {
     u.run(&["agent", "stop"]).ok();
 }
 
+/// `agent run` processes (live, not zombies) started for this user.
+fn agents_of(u: &CliUser) -> Vec<u32> {
+    let home = format!("HOME={}", u.path("home").display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let is_agent =
+            cmdline.windows(10).any(|w| w == b"agent\0run\0") || cmdline.ends_with(b"agent\0run");
+        let ours = environ.split(|b| *b == 0).any(|v| v == home.as_bytes());
+        if is_agent && ours && alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn agents_started_at_once_end_up_as_one() {
+    let (u, _gw) = live();
+    // Where the socket goes, then a stale one there (as a killed agent leaves): every
+    // starter sees it, finds nobody listening and removes it; without a lock one could
+    // remove the socket another had just bound and leave that agent unreachable.
+    let socket = {
+        let agent = Agent::start(&u, &[]);
+        u.run(&["agent", "stop"]).ok();
+        agent.socket.clone()
+    };
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let runs: Vec<_> = std::thread::scope(|s| {
+        let starts: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| u.run(&["agent", "start"])))
+            .collect();
+        starts.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let sockets: Vec<String> = runs.into_iter().map(|r| r.ok().stdout).collect();
+    assert!(
+        sockets.iter().all(|s| s.trim() == socket.to_str().unwrap()),
+        "{sockets:?}"
+    );
+    // The losers exit; exactly one agent is left, and it is the one on the socket.
+    assert_eventually!(
+        Duration::from_secs(10),
+        agents_of(&u).len() == 1,
+        "agents running: {:?}",
+        agents_of(&u)
+    );
+    let st = agent_status(&u);
+    assert_eq!(
+        agents_of(&u),
+        vec![st["pid"].as_u64().unwrap() as u32],
+        "{st}"
+    );
+    u.run(&["status"]).ok();
+    u.run(&["agent", "stop"]).ok();
+    assert_eventually!(
+        Duration::from_secs(10),
+        agents_of(&u).is_empty(),
+        "agents left after stop: {:?}",
+        agents_of(&u)
+    );
+}
+
 #[test]
 fn new_credentials_retire_the_agent() {
     let (u, _gw) = live();

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{HeaderMap, Method, StatusCode};
+use openshell_pki::fs::DirLock;
 use openshell_transport::agent::{AgentBackend, ControlReply, FINGERPRINT_HEADER};
 use openshell_transport::{Connection, Connector, TransportError, ZeroRtt};
 use tokio::net::UnixListener;
@@ -319,9 +320,21 @@ impl AgentBackend for Backend {
 }
 
 /// Binds the socket (removing a stale one; refusing if an agent already listens), 0600
-/// in a 0700 directory.
-pub async fn bind(paths: &AgentPaths) -> Result<UnixListener, CliError> {
+/// in a 0700 directory. The returned lock (`agent.lock` beside the socket) is held for the
+/// agent's life: two agents started at once cannot both decide the socket is stale and
+/// remove each other's.
+/// Held by the running agent (an advisory `flock`, released by the kernel however it exits).
+const LOCK_FILE: &str = "agent.lock";
+
+pub async fn bind(paths: &AgentPaths) -> Result<(UnixListener, DirLock), CliError> {
     openshell_pki::fs::ensure_private_dir(&paths.dir)?;
+    let lock_path = paths.dir.join(LOCK_FILE);
+    let Some(lock) = DirLock::acquire(&lock_path, Duration::ZERO)? else {
+        return Err(CliError::msg(format!(
+            "an agent for this gateway is already running (it holds {}); `openshell agent status` shows it",
+            lock_path.display()
+        )));
+    };
     if std::fs::symlink_metadata(&paths.socket).is_ok() {
         if tokio::net::UnixStream::connect(&paths.socket).await.is_ok() {
             return Err(CliError::msg(format!(
@@ -334,7 +347,7 @@ pub async fn bind(paths: &AgentPaths) -> Result<UnixListener, CliError> {
     let listener = UnixListener::bind(&paths.socket)
         .map_err(|e| CliError::msg(format!("cannot listen on {}: {e}", paths.socket.display())))?;
     std::fs::set_permissions(&paths.socket, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    Ok((listener, lock))
 }
 
 /// Runs the agent in this process until it is told to stop, idles out, or its gateway's

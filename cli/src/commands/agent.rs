@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
+use openshell_pki::fs::DirLock;
 use openshell_transport::{Connection, Endpoint, TransportError};
 
 use crate::CliError;
@@ -17,6 +18,8 @@ use crate::output::{OutputFormat, emit};
 
 /// Set in the environment of the detached agent started by `agent start`.
 const CHILD_MARKER: &str = "OPENSHELL_AGENT_CHILD";
+/// Held by `agent start` while it checks for an agent and starts one.
+const START_LOCK_FILE: &str = "agent.start.lock";
 /// How long `start` waits for the agent to answer, and `stop` for it to exit.
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -128,6 +131,19 @@ async fn start(
 ) -> Result<ExitCode, CliError> {
     // Credential problems are reported here, not buried in the agent's log.
     crate::client::client_config(gw, global.transport)?;
+    // One starter at a time: a second waits here, then finds the first one's agent.
+    openshell_pki::fs::ensure_private_dir(&paths.dir)?;
+    let start_lock = paths.dir.join(START_LOCK_FILE);
+    let wait_for = start_lock.clone();
+    let _starting = tokio::task::spawn_blocking(move || DirLock::acquire(&wait_for, WAIT))
+        .await
+        .map_err(|e| CliError::msg(format!("waiting for the start lock: {e}")))??
+        .ok_or_else(|| {
+            CliError::msg(format!(
+                "another `openshell agent start` held {} for {WAIT:?}; try again",
+                start_lock.display()
+            ))
+        })?;
     match probe(gw, paths).await? {
         Found::Running(conn) => {
             let st = fetch_status(&conn).await?;
@@ -143,7 +159,6 @@ async fn start(
         Found::Outdated => wait_gone(paths, None).await?,
         Found::Nothing => {}
     }
-    openshell_pki::fs::ensure_private_dir(&paths.dir)?;
     let log = std::fs::File::create(&paths.log)?;
     std::fs::set_permissions(
         &paths.log,
@@ -380,6 +395,7 @@ async fn foreground(
     }
     let cfg = crate::client::client_config(&gw, global.transport)?;
     let connector = openshell_transport::Connector::new(cfg)?;
-    let listener = daemon::bind(&paths).await?;
+    // The lock lives until the agent has finished (and removed its socket).
+    let (listener, _lock) = daemon::bind(&paths).await?;
     daemon::run(gw, connector, paths, listener, lifetimes).await
 }
