@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// costs 200 ms).
     #[arg(long)]
     pub sparse_rpcs: Option<u32>,
+    /// Override the plan's echo and bulk windows, seconds each (the echo probe sends one
+    /// frame per 50 ms, so 20 s gives 400 samples to each of its idle and bulk p99s).
+    #[arg(long)]
+    pub echo_secs: Option<u32>,
     /// QUIC congestion controller of the gateway and the clients in the matrix (the
     /// gateway's default is cubic); the comparison phase always runs all four.
     #[arg(long, default_value = "cubic", value_parser = ["cubic", "newreno", "bbr", "tolerant"])]
@@ -586,6 +590,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Results> {
         Plan::full()
     }
     .only_cells(&args.cells);
+    if let Some(secs) = args.echo_secs {
+        plan.echo_secs = secs;
+        plan.bulk_secs = secs;
+    }
     if let Some(n) = args.sparse_rpcs {
         plan.sparse_rpcs = n;
     }
