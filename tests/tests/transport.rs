@@ -179,6 +179,15 @@ async fn hedged_reads_answer_exactly_like_single_ones() {
             .collect()
             .await;
         assert_eq!(chunks, (0..50).collect::<Vec<_>>());
+        // Over QUIC the reads really went out twice while the window had room (the 200
+        // concurrent ones fill it, so some find none); TCP has no hedging to count.
+        match (hint, conn.hedge_counts()) {
+            (PathHint::QuicOnly, Some(c)) => {
+                assert!(c.hedged > 0 && c.hedged + c.no_room >= 200, "{c:?}")
+            }
+            (PathHint::TcpOnly, None) => {}
+            (hint, counts) => panic!("{hint:?}: unexpected hedge counts {counts:?}"),
+        }
     }
 }
 

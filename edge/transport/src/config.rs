@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+use quinn::congestion::{BbrConfig, ControllerFactory, CubicConfig, NewRenoConfig};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 
 use crate::TransportError;
 use crate::congestion::TolerantConfig;
+use crate::congestion::observed::ObservedFactory;
 
 /// Congestion controller for the data this endpoint sends (the server's choice governs
 /// downloads and the client's governs uploads).
@@ -147,20 +148,14 @@ impl QuicTuning {
             .receive_window(VarInt::from_u32(self.receive_window))
             .send_window(self.send_window)
             .initial_rtt(self.initial_rtt);
-        match self.congestion {
-            Congestion::Cubic => {
-                t.congestion_controller_factory(Arc::new(CubicConfig::default()));
-            }
-            Congestion::NewReno => {
-                t.congestion_controller_factory(Arc::new(NewRenoConfig::default()));
-            }
-            Congestion::Bbr => {
-                t.congestion_controller_factory(Arc::new(BbrConfig::default()));
-            }
-            Congestion::Tolerant => {
-                t.congestion_controller_factory(Arc::new(TolerantConfig::default()));
-            }
-        }
+        let controller: Arc<dyn ControllerFactory + Send + Sync> = match self.congestion {
+            Congestion::Cubic => Arc::new(CubicConfig::default()),
+            Congestion::NewReno => Arc::new(NewRenoConfig::default()),
+            Congestion::Bbr => Arc::new(BbrConfig::default()),
+            Congestion::Tolerant => Arc::new(TolerantConfig::default()),
+        };
+        // Observed changes nothing; it lets the client's hedging see the flight.
+        t.congestion_controller_factory(Arc::new(ObservedFactory::new(controller)));
         Ok(Arc::new(t))
     }
 

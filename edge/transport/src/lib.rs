@@ -22,7 +22,7 @@ pub mod tunnel;
 use std::net::SocketAddr;
 
 pub use client::{
-    Channel, ClientConfig, Connection, Connector, Endpoint, Hedge, PathHint, ZeroRtt,
+    Channel, ClientConfig, Connection, Connector, Endpoint, Hedge, HedgeCounts, PathHint, ZeroRtt,
     connect_agent, connect_agent_unchecked,
 };
 pub use config::{Congestion, QuicTuning};

@@ -18,21 +18,24 @@
 //! nothing; `always` and `off` are for measuring and for operators who want to choose.
 //!
 //! Hedging needs room in the congestion window. Under a loss-based controller such as Cubic
-//! at 2% loss the window collapses to ~10 packets; doubling a dense stream of reads then
-//! only queues them in the sender (measured: p99 232 -> 445 ms at 100 ms / 2%). So no more
-//! hedged calls are in flight than a quarter of the window in packets; a lone call, where
-//! hedging matters most (no later packets to reveal its loss), always has room.
+//! at 2% loss the window collapses towards its 2-packet minimum; doubling a dense stream of
+//! reads then only queues them in the sender (measured: p99 232 -> 445 ms at 100 ms / 2%).
+//! So a call is hedged only when one more packet fits in the window right now with a
+//! quarter of it to spare ([`Flight::has_room_for`], from the `Observed` wrapper around the
+//! controller). A lone call, where hedging matters most (no later packets reveal its loss),
+//! finds the window empty.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::Frame;
 
+use crate::congestion::observed::Observed;
 use crate::{BoxError, TransportError};
 
 /// When the client sends a second copy of a hedgeable read.
@@ -84,8 +87,6 @@ const LOSS_MEMORY: Duration = Duration::from_secs(30);
 /// an answer to it is barely later than one to the first.
 const MIN_DELAY: Duration = Duration::from_millis(2);
 const MAX_DELAY: Duration = Duration::from_millis(20);
-/// Hedged calls in flight may take at most 1/this of the congestion window (in packets).
-const WINDOW_SHARE: u64 = 4;
 /// A hedged request body is buffered to be sent twice; unary reads are far smaller.
 pub(super) const MAX_REQUEST: usize = 1024 * 1024;
 /// An answer is buffered up to this size before it counts as the winner; larger answers
@@ -95,12 +96,6 @@ pub(super) const MAX_BUFFERED_ANSWER: usize = 4 * 1024 * 1024;
 /// Spacing between the two copies for a path with this RTT.
 pub(crate) fn spacing(rtt: Duration) -> Duration {
     (rtt / 10).clamp(MIN_DELAY, MAX_DELAY)
-}
-
-/// Whether one more hedged call fits: each in flight costs about one extra packet each way.
-pub(crate) fn room_for_one_more(in_flight: usize, cwnd_bytes: u64, mtu: u16) -> bool {
-    let window_packets = cwnd_bytes / u64::from(mtu.max(1200));
-    (in_flight as u64 + 1) * WINDOW_SHARE <= window_packets.max(WINDOW_SHARE)
 }
 
 /// Remembers when the connection's lost-packet counter last went up.
@@ -122,20 +117,20 @@ impl LossWatch {
     }
 }
 
+/// How often a connection's hedgeable reads went out twice, and how often the window had
+/// no room for the second copy (reads that `auto` sent once on a clean path are in neither).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HedgeCounts {
+    pub hedged: u64,
+    pub no_room: u64,
+}
+
 /// Per-connection hedging state (QUIC only).
 pub(crate) struct Hedger {
     conn: quinn::Connection,
     watch: Mutex<LossWatch>,
-    in_flight: Arc<AtomicUsize>,
-}
-
-/// One hedged call in flight; counted until dropped.
-pub(crate) struct InFlight(Arc<AtomicUsize>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+    hedged: AtomicU64,
+    no_room: AtomicU64,
 }
 
 impl Hedger {
@@ -143,13 +138,20 @@ impl Hedger {
         Hedger {
             conn,
             watch: Mutex::new(LossWatch::default()),
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            hedged: AtomicU64::new(0),
+            no_room: AtomicU64::new(0),
         }
     }
 
-    /// The spacing of the second copy and the in-flight token to hold until the call ends,
-    /// or `None` when `path` goes out once.
-    pub(crate) fn spacing_for(&self, policy: Hedge, path: &str) -> Option<(Duration, InFlight)> {
+    pub(crate) fn counts(&self) -> HedgeCounts {
+        HedgeCounts {
+            hedged: self.hedged.load(Ordering::Relaxed),
+            no_room: self.no_room.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The spacing of the second copy, or `None` when `path` goes out once.
+    pub(crate) fn spacing_for(&self, policy: Hedge, path: &str) -> Option<Duration> {
         if policy == Hedge::Off || !openshell_proto::is_hedgeable(path) {
             return None;
         }
@@ -160,12 +162,14 @@ impl Hedger {
                 return None;
             }
         }
-        let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let token = InFlight(self.in_flight.clone());
-        if !room_for_one_more(in_flight, stats.cwnd, stats.current_mtu) {
+        // A copy costs about one packet (a unary read's request is far smaller).
+        let flight = Observed::flight_of(self.conn.congestion_state())?;
+        if !flight.has_room_for(u64::from(stats.current_mtu)) {
+            self.no_room.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        Some((spacing(self.conn.rtt()), token))
+        self.hedged.fetch_add(1, Ordering::Relaxed);
+        Some(spacing(self.conn.rtt()))
     }
 }
 
@@ -280,20 +284,6 @@ mod tests {
             Duration::from_millis(10)
         );
         assert_eq!(spacing(Duration::from_millis(600)), MAX_DELAY);
-    }
-
-    #[test]
-    fn hedged_calls_take_at_most_a_quarter_of_the_window() {
-        // Cubic collapsed by random loss: ~10 packets. One lone call still hedges, the
-        // third of a dense burst does not.
-        assert!(room_for_one_more(0, 12_000, 1200));
-        assert!(room_for_one_more(1, 12_000, 1200));
-        assert!(!room_for_one_more(2, 12_000, 1200));
-        // Even the 2-packet minimum window lets a lone call hedge.
-        assert!(room_for_one_more(0, 2_400, 1200));
-        assert!(!room_for_one_more(1, 2_400, 1200));
-        // A window of one BDP at 100 Mbit/s x 100 ms: hundreds.
-        assert!(room_for_one_more(200, 1_250_000, 1452));
     }
 
     #[test]

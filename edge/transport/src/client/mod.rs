@@ -20,7 +20,7 @@ mod quic;
 mod tcp;
 
 pub use agent::{connect_agent, connect_agent_unchecked};
-pub use hedge::Hedge;
+pub use hedge::{Hedge, HedgeCounts};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -528,6 +528,11 @@ impl Connection {
                 "only QUIC connections can migrate".into(),
             )),
         }
+    }
+
+    /// How this connection's reads were hedged so far (QUIC only).
+    pub fn hedge_counts(&self) -> Option<HedgeCounts> {
+        self.channel.hedger.as_ref().map(|h| h.counts())
     }
 
     /// QUIC path statistics (RTT, loss), when on QUIC.

@@ -5,6 +5,7 @@
 //! The model is pure; this module only adapts quinn's callbacks to it.
 
 pub mod model;
+pub mod observed;
 
 use std::any::Any;
 use std::sync::Arc;
