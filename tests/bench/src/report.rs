@@ -373,29 +373,38 @@ pub fn markdown(r: &Results) -> String {
     {
         let _ = writeln!(
             s,
-            "\n### QUIC request hedging (ms, p50 / p95 / p99)\n\nThe same connection, hedging off first, then the worker's policy (`auto`: idempotent reads go out twice, rtt/10 apart, while the connection has lost a packet in the last 30 s). The tables above use the hedged figures.\n"
+            "\n### QUIC request hedging (ms, p50 / p95 / p99)\n\nThe same connection, hedging off first, then the worker's policy (`auto`: idempotent reads go out twice, rtt/10 apart, while the connection has lost a packet in the last 30 s). The tables above use the hedged figures. \"Sent twice\" counts the reads of the hedged phase that went out twice and those whose second copy found no room in the congestion window.\n"
         );
         let _ = writeln!(
             s,
-            "| cell | QUIC dense, off | QUIC dense, hedged | TCP dense | hedged/TCP p99 | QUIC sparse, off | QUIC sparse, hedged | TCP sparse | hedged/TCP p99 |\n|---|---|---|---|---|---|---|---|---|"
+            "| cell | QUIC dense, off | QUIC dense, hedged | TCP dense | hedged/TCP p99 | dense sent twice / no room | QUIC sparse, off | QUIC sparse, hedged | TCP sparse | hedged/TCP p99 | sparse sent twice / no room |\n|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for c in &r.cells {
             let (q, t) = (&c.quic.client, &c.tcp.client);
             if q.warm_rpc_unhedged.n == 0 {
                 continue;
             }
+            let decisions = |phase: &str| {
+                q.hedge_decisions
+                    .iter()
+                    .find(|d| d.phase == phase)
+                    .map(|d| format!("{} / {}", d.hedged, d.no_room))
+                    .unwrap_or_else(|| "–".into())
+            };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 c.cell.label(),
                 p50_95_99(&q.warm_rpc_unhedged),
                 p50_95_99(&q.warm_rpc),
                 p50_95_99(&t.warm_rpc),
                 rat99(&q.warm_rpc, &t.warm_rpc),
+                decisions("rpc"),
                 p50_95_99(&q.sparse_rpc_unhedged),
                 p50_95_99(&q.sparse_rpc),
                 p50_95_99(&t.sparse_rpc),
                 rat99(&q.sparse_rpc, &t.sparse_rpc),
+                decisions("sparse rpc"),
             );
         }
     }

@@ -36,6 +36,10 @@ pub struct ClientRun {
     #[serde(default)]
     pub sparse_rpc_unhedged: Summary,
     pub rpc_errors: u32,
+    /// QUIC only: per hedged RPC phase, how many reads went out twice and how many found
+    /// no room in the congestion window for the second copy.
+    #[serde(default)]
+    pub hedge_decisions: Vec<HedgeDecisions>,
     /// 32-byte echo every 50 ms through a tunnel, nothing else running.
     pub echo_idle: Summary,
     /// The same probe on a second tunnel while a bulk transfer runs on the first.
@@ -51,6 +55,14 @@ pub struct ClientRun {
     pub quic_lost_packets: Option<u64>,
     /// Anything that failed in this worker, in words.
     pub errors: Vec<String>,
+}
+
+/// Hedging decisions of one RPC phase (see `ClientRun::hedge_decisions`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HedgeDecisions {
+    pub phase: String,
+    pub hedged: u64,
+    pub no_room: u64,
 }
 
 impl ClientRun {

@@ -28,7 +28,7 @@ use openshell_transport::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::results::ClientRun;
+use crate::results::{ClientRun, HedgeDecisions};
 use crate::stats::Summary;
 
 /// Bound on any single RPC, connect or tunnel open.
@@ -217,7 +217,14 @@ async fn rpc_pair(
         let label = format!("{what} without hedging");
         unhedged = rpc_summary(plain, count, interval_ms, &label, out).await;
     }
+    let before = conn.hedge_counts().unwrap_or_default();
     let hedged = rpc_summary(conn.channel(), count, interval_ms, what, out).await;
+    let after = conn.hedge_counts().unwrap_or_default();
+    out.hedge_decisions.push(HedgeDecisions {
+        phase: what.to_string(),
+        hedged: after.hedged - before.hedged,
+        no_room: after.no_room - before.no_room,
+    });
     (unhedged, hedged)
 }
 
