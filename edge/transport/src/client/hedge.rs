@@ -27,15 +27,15 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::Frame;
 
-use crate::congestion::observed::Observed;
+use crate::congestion::observed::{FlightCell, Observed};
 use crate::{BoxError, TransportError};
 
 /// When the client sends a second copy of a hedgeable read.
@@ -128,6 +128,8 @@ pub struct HedgeCounts {
 /// Per-connection hedging state (QUIC only).
 pub(crate) struct Hedger {
     conn: quinn::Connection,
+    /// The controller's flight (`None` if it were not wrapped: then nothing is hedged).
+    flight: Option<Arc<FlightCell>>,
     watch: Mutex<LossWatch>,
     hedged: AtomicU64,
     no_room: AtomicU64,
@@ -136,6 +138,7 @@ pub(crate) struct Hedger {
 impl Hedger {
     pub(crate) fn new(conn: quinn::Connection) -> Self {
         Hedger {
+            flight: Observed::cell_of(conn.congestion_state()),
             conn,
             watch: Mutex::new(LossWatch::default()),
             hedged: AtomicU64::new(0),
@@ -163,7 +166,7 @@ impl Hedger {
             }
         }
         // A copy costs about one packet (a unary read's request is far smaller).
-        let flight = Observed::flight_of(self.conn.congestion_state())?;
+        let flight = self.flight.as_ref()?.flight();
         if !flight.has_room_for(u64::from(stats.current_mtu)) {
             self.no_room.fetch_add(1, Ordering::Relaxed);
             return None;

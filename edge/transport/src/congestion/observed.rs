@@ -4,10 +4,12 @@
 //! needs both, or a second copy of a request queues behind the first copies of others.
 //!
 //! The wrapper changes nothing about congestion control: every callback goes to the inner
-//! controller unchanged.
+//! controller unchanged. After each one it publishes the flight to a [`FlightCell`] that
+//! readers hold, so reading it never touches the connection's lock or copies the controller.
 
 use std::any::Any;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics};
@@ -31,6 +33,7 @@ impl ControllerFactory for ObservedFactory {
             at_last_ack: 0,
             sent_since: 0,
             app_limited: true,
+            cell: Arc::new(FlightCell::default()),
         })
     }
 }
@@ -56,24 +59,52 @@ impl Flight {
     }
 }
 
+/// The latest flight of one connection's controller, shared with whoever reads it.
+#[derive(Debug, Default)]
+pub struct FlightCell {
+    window: AtomicU64,
+    in_flight: AtomicU64,
+    app_limited: AtomicBool,
+}
+
+impl FlightCell {
+    pub fn flight(&self) -> Flight {
+        Flight {
+            window: self.window.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            app_limited: self.app_limited.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// A controller and the flight it last saw.
 pub struct Observed {
     inner: Box<dyn Controller>,
     at_last_ack: u64,
     sent_since: u64,
     app_limited: bool,
+    cell: Arc<FlightCell>,
 }
 
 impl Observed {
-    /// The flight now, for a controller obtained from `quinn::Connection::congestion_state`
-    /// (`None` when the connection's controller is not wrapped).
-    pub fn flight_of(state: Box<dyn Controller>) -> Option<Flight> {
+    /// The flight cell of a controller obtained from `quinn::Connection::congestion_state`
+    /// (`None` when the connection's controller is not wrapped). Take it once per
+    /// connection: it follows the controller from then on. (quinn builds a new controller
+    /// only when the peer's address changes, which a client's path never does.)
+    pub fn cell_of(state: Box<dyn Controller>) -> Option<Arc<FlightCell>> {
         let me = state.into_any().downcast::<Observed>().ok()?;
-        Some(Flight {
-            window: me.inner.window(),
-            in_flight: me.at_last_ack.saturating_add(me.sent_since),
-            app_limited: me.app_limited,
-        })
+        me.publish();
+        Some(me.cell.clone())
+    }
+
+    fn publish(&self) {
+        let c = &self.cell;
+        c.window.store(self.inner.window(), Ordering::Relaxed);
+        c.in_flight.store(
+            self.at_last_ack.saturating_add(self.sent_since),
+            Ordering::Relaxed,
+        );
+        c.app_limited.store(self.app_limited, Ordering::Relaxed);
     }
 
     /// The wrapped controller (e.g. to inspect the `tolerant` model).
@@ -86,6 +117,7 @@ impl Controller for Observed {
     fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
         self.sent_since = self.sent_since.saturating_add(bytes);
         self.inner.on_sent(now, bytes, last_packet_number);
+        self.publish();
     }
 
     fn on_ack(
@@ -97,6 +129,7 @@ impl Controller for Observed {
         rtt: &RttEstimator,
     ) {
         self.inner.on_ack(now, sent, bytes, app_limited, rtt);
+        self.publish();
     }
 
     fn on_end_acks(
@@ -111,6 +144,7 @@ impl Controller for Observed {
         self.app_limited = app_limited;
         self.inner
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
+        self.publish();
     }
 
     fn on_congestion_event(
@@ -123,10 +157,12 @@ impl Controller for Observed {
         self.at_last_ack = self.at_last_ack.saturating_sub(lost_bytes);
         self.inner
             .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
+        self.publish();
     }
 
     fn on_mtu_update(&mut self, new_mtu: u16) {
         self.inner.on_mtu_update(new_mtu);
+        self.publish();
     }
 
     fn window(&self) -> u64 {
@@ -137,12 +173,15 @@ impl Controller for Observed {
         self.inner.metrics()
     }
 
+    /// quinn clones a controller for a new path to the same peer; the clone publishes to
+    /// the same cell, so readers follow the path in use.
     fn clone_box(&self) -> Box<dyn Controller> {
         Box::new(Observed {
             inner: self.inner.clone_box(),
             at_last_ack: self.at_last_ack,
             sent_since: self.sent_since,
             app_limited: self.app_limited,
+            cell: self.cell.clone(),
         })
     }
 
@@ -181,26 +220,33 @@ mod tests {
         )));
         let mut c = factory.build(now, 1200);
         let window = c.window();
-        let flight = |c: &dyn Controller| Observed::flight_of(c.clone_box()).unwrap();
-        assert_eq!(flight(c.as_ref()).in_flight, 0);
+        // Taken once, as the hedger does; it follows every later callback.
+        let cell = Observed::cell_of(c.clone_box()).unwrap();
+        assert_eq!(cell.flight().in_flight, 0);
+        assert_eq!(cell.flight().window, window);
         c.on_sent(now, 1200, 1);
         c.on_sent(now, 1200, 2);
-        assert_eq!(flight(c.as_ref()).in_flight, 2400);
+        assert_eq!(cell.flight().in_flight, 2400);
         // quinn reports the exact flight after each ACK frame.
         c.on_end_acks(now, 1200, false, Some(1));
-        let f = flight(c.as_ref());
+        let f = cell.flight();
         assert_eq!(
             (f.in_flight, f.app_limited, f.window),
             (1200, false, window)
         );
         c.on_sent(now, 600, 3);
         c.on_congestion_event(now, now, false, 1200);
-        let f = flight(c.as_ref());
+        let f = cell.flight();
         assert_eq!(f.in_flight, 600);
         assert!(f.window < window, "the inner controller saw the loss");
+        // A clone (quinn's new path to the same peer) publishes to the same cell.
+        let mut moved = c.clone_box();
+        moved.on_end_acks(now, 0, true, Some(3));
+        let f = cell.flight();
+        assert_eq!((f.in_flight, f.app_limited), (0, true));
         // Not wrapped: no answer rather than a wrong one.
         let plain: Box<dyn Controller> =
             Arc::new(quinn::congestion::CubicConfig::default()).build(now, 1200);
-        assert_eq!(Observed::flight_of(plain), None);
+        assert!(Observed::cell_of(plain).is_none());
     }
 }
