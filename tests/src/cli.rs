@@ -163,7 +163,36 @@ impl CliUser {
     }
 }
 
-type SharedBuf = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+/// Output of one pipe, read by its own thread as it arrives; `done` hangs up at EOF.
+struct Drained {
+    buf: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Drained {
+    fn start<R: Read + Send + 'static>(pipe: Option<R>) -> Drained {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let sink = buf.clone();
+        std::thread::spawn(move || {
+            let _hang_up_at_eof = done_tx;
+            let Some(mut pipe) = pipe else { return };
+            let mut chunk = [0u8; 8192];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        Drained { buf, done }
+    }
+
+    /// What arrived, after waiting briefly for EOF (a daemon the command started may hold
+    /// the pipe open after the command exits).
+    fn text(self) -> String {
+        let _ = self.done.recv_timeout(Duration::from_secs(5));
+        let bytes = std::mem::take(&mut *self.buf.lock().unwrap());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
 
 /// Runs `cmd` to completion, capturing its output; kills it and panics, showing what it
 /// printed so far, when it is still running after `deadline`.
@@ -173,37 +202,8 @@ fn finish_within(mut cmd: Command, args: &[&str], deadline: Duration) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .expect("cannot run openshell");
-    // A daemon the command starts may keep the pipes open after the command exits, so the
-    // output is collected as it arrives and the readers are given only a moment at the end.
-    let reader = |pipe: Option<Box<dyn Read + Send>>| {
-        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (done_tx, done) = std::sync::mpsc::channel::<()>();
-        let sink = buf.clone();
-        std::thread::spawn(move || {
-            let mut pipe = pipe;
-            let mut chunk = [0u8; 8192];
-            while let Some(p) = pipe.as_mut() {
-                match p.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
-                }
-            }
-            drop(done_tx);
-        });
-        (buf, done)
-    };
-    let out = reader(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = reader(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
+    let out = Drained::start(child.stdout.take());
+    let err = Drained::start(child.stderr.take());
     let end = Instant::now() + deadline;
     let status = loop {
         match child.try_wait().expect("cannot wait for openshell") {
@@ -216,12 +216,7 @@ fn finish_within(mut cmd: Command, args: &[&str], deadline: Duration) -> Run {
             None => std::thread::sleep(Duration::from_millis(5)),
         }
     };
-    let collect = |(buf, done): (SharedBuf, std::sync::mpsc::Receiver<()>)| {
-        let _ = done.recv_timeout(Duration::from_secs(5));
-        let bytes = std::mem::take(&mut *buf.lock().unwrap());
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
-    let (stdout, stderr) = (collect(out), collect(err));
+    let (stdout, stderr) = (out.text(), err.text());
     match status {
         Some(status) => Run {
             code: status.code().unwrap_or(-1),

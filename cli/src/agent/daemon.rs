@@ -319,13 +319,13 @@ impl AgentBackend for Backend {
     }
 }
 
+/// Held by the running agent (an advisory `flock`, released by the kernel however it exits).
+const LOCK_FILE: &str = "agent.lock";
+
 /// Binds the socket (removing a stale one; refusing if an agent already listens), 0600
 /// in a 0700 directory. The returned lock (`agent.lock` beside the socket) is held for the
 /// agent's life: two agents started at once cannot both decide the socket is stale and
 /// remove each other's.
-/// Held by the running agent (an advisory `flock`, released by the kernel however it exits).
-const LOCK_FILE: &str = "agent.lock";
-
 pub async fn bind(paths: &AgentPaths) -> Result<(UnixListener, DirLock), CliError> {
     openshell_pki::fs::ensure_private_dir(&paths.dir)?;
     let lock_path = paths.dir.join(LOCK_FILE);
