@@ -9,7 +9,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics};
@@ -32,7 +32,6 @@ impl ControllerFactory for ObservedFactory {
             inner: self.inner.clone().build(now, current_mtu),
             at_last_ack: 0,
             sent_since: 0,
-            app_limited: true,
             cell: Arc::new(FlightCell::default()),
         })
     }
@@ -46,9 +45,6 @@ pub struct Flight {
     /// Bytes in flight: exact at the last ACK, plus everything sent since (an overestimate
     /// by the few ACK-only packets among them).
     pub in_flight: u64,
-    /// Whether the sender ran out of data before the window at the last ACK (the window
-    /// was not what limited it).
-    pub app_limited: bool,
 }
 
 impl Flight {
@@ -64,7 +60,6 @@ impl Flight {
 pub struct FlightCell {
     window: AtomicU64,
     in_flight: AtomicU64,
-    app_limited: AtomicBool,
 }
 
 impl FlightCell {
@@ -72,7 +67,6 @@ impl FlightCell {
         Flight {
             window: self.window.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
-            app_limited: self.app_limited.load(Ordering::Relaxed),
         }
     }
 }
@@ -82,7 +76,6 @@ pub struct Observed {
     inner: Box<dyn Controller>,
     at_last_ack: u64,
     sent_since: u64,
-    app_limited: bool,
     cell: Arc<FlightCell>,
 }
 
@@ -104,7 +97,6 @@ impl Observed {
             self.at_last_ack.saturating_add(self.sent_since),
             Ordering::Relaxed,
         );
-        c.app_limited.store(self.app_limited, Ordering::Relaxed);
     }
 
     /// The wrapped controller (e.g. to inspect the `tolerant` model).
@@ -141,7 +133,6 @@ impl Controller for Observed {
     ) {
         self.at_last_ack = in_flight;
         self.sent_since = 0;
-        self.app_limited = app_limited;
         self.inner
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
         self.publish();
@@ -180,7 +171,6 @@ impl Controller for Observed {
             inner: self.inner.clone_box(),
             at_last_ack: self.at_last_ack,
             sent_since: self.sent_since,
-            app_limited: self.app_limited,
             cell: self.cell.clone(),
         })
     }
@@ -203,7 +193,6 @@ mod tests {
         let f = |in_flight| Flight {
             window: 12_000,
             in_flight,
-            app_limited: true,
         };
         assert!(f(0).has_room_for(9_000));
         assert!(!f(0).has_room_for(9_001));
@@ -230,10 +219,7 @@ mod tests {
         // quinn reports the exact flight after each ACK frame.
         c.on_end_acks(now, 1200, false, Some(1));
         let f = cell.flight();
-        assert_eq!(
-            (f.in_flight, f.app_limited, f.window),
-            (1200, false, window)
-        );
+        assert_eq!((f.in_flight, f.window), (1200, window));
         c.on_sent(now, 600, 3);
         c.on_congestion_event(now, now, false, 1200);
         let f = cell.flight();
@@ -242,8 +228,7 @@ mod tests {
         // A clone (quinn's new path to the same peer) publishes to the same cell.
         let mut moved = c.clone_box();
         moved.on_end_acks(now, 0, true, Some(3));
-        let f = cell.flight();
-        assert_eq!((f.in_flight, f.app_limited), (0, true));
+        assert_eq!(cell.flight().in_flight, 0);
         // Not wrapped: no answer rather than a wrong one.
         let plain: Box<dyn Controller> =
             Arc::new(quinn::congestion::CubicConfig::default()).build(now, 1200);
