@@ -55,8 +55,8 @@ impl Tolerant {
 }
 
 impl Controller for Tolerant {
-    fn on_sent(&mut self, now: Instant, _bytes: u64, _last_packet_number: u64) {
-        self.model.on_sent(now);
+    fn on_sent(&mut self, now: Instant, bytes: u64, _last_packet_number: u64) {
+        self.model.on_sent(now, bytes);
     }
 
     fn on_ack(

@@ -1,21 +1,53 @@
 //! The pure model behind the `tolerant` controller: a BBR-style estimate of the path
-//! (bottleneck bandwidth as the windowed maximum of per-round delivery rates, and the minimum
-//! RTT) that sizes the congestion window as gain x bandwidth x min RTT.
+//! (bottleneck bandwidth as the windowed maximum of per-round delivery rates, and the RTT
+//! the path cannot go below) that sizes the congestion window as gain x bandwidth x RTT.
 //!
 //! Why not quinn's Cubic or BBR (measured in BENCHMARKS.md): Cubic halves its window on every
 //! loss, so 2% random loss holds it near 1 Mbit/s. quinn's BBR ignores loss but overshoots
 //! the bottleneck (quinn paces at 1.25 x window / RTT, and BBR's window is 2 x BDP) and
 //! overflows a 1000-packet queue, losing ~40% of what it sends.
 //!
-//! This model differs in three ways:
-//! - The window is about 1 x BDP in steady state, with one probing round at 1.25 and one
-//!   draining round at 0.75 every eight rounds. quinn's pacer sends at 1.25 x window /
-//!   smoothed RTT, so the window is both the inflight cap and (through the pacer) the rate.
-//! - Random loss is not a congestion signal: the loss rate of each round is compared with a
-//!   slowly learned background rate. Only a round whose loss clearly exceeds it (queue
-//!   overflow) lowers the bandwidth estimate.
-//! - Startup doubles per round like BBR's but caps the window at 2 x the measured BDP and
-//!   leaves on a bandwidth plateau, on a loss burst, or when the RTT shows a standing queue.
+//! quinn gives a controller one lever, the window: it is the cap on bytes in flight and,
+//! through the pacer (1.25 x window / smoothed RTT), the sending rate. So whatever the
+//! window holds beyond the path's bandwidth-delay product waits in the bottleneck's queue.
+//! The model keeps that excess small and makes its estimates robust to what the traces of
+//! real links showed (the "why" of each rule is at the rule):
+//!
+//! - **Window** = gain x bandwidth x path RTT + headroom (10 ms plus a tenth of the path
+//!   RTT at that bandwidth, for delayed ACKs and quinn's pacer). The
+//!   gains cycle through eight rounds: one probing round at 1.25, one draining round at 0.75
+//!   without headroom (it empties what the probe and the headroom queued), six at 1.0.
+//! - **Path RTT** is the smallest RTT seen in the last 16 steady-state rounds, never below
+//!   the connection's minimum. A queue on the way back (a transfer in the other direction,
+//!   delayed ACKs) lengthens every RTT without being ours to drain; a window sized by the
+//!   all-time minimum then cannot fill the path, its rate samples fall, and the estimate
+//!   spirals down. The draining round keeps the model's own queue out of this minimum.
+//! - **Delivery-rate samples** are BBR's: bytes delivered while a packet was in flight,
+//!   over the longer of the ACK and send intervals. ACKs bunched by a draining return
+//!   queue read as more bandwidth than the bottleneck has, and the model lets them: the
+//!   window is sized by the path RTT's low points, so while the return queue is high the
+//!   window limits delivery, and the bunched samples are what makes up for it. Stretching
+//!   the ACK interval by the RTT's shrinking (tried in session 4) removed the inflation,
+//!   and in the simulation it let a 100 ms return-queue swing spiral the estimate down to
+//!   1% of the link; the inflation costs up to 40 ms of queue and a few percent queue drops.
+//! - **Sender-limited rounds** (bytes in flight never reached 90% of the window) say
+//!   nothing about the path, so they may raise the estimate but never lower it. quinn
+//!   reports app-limited only when it ran out of data. Round traces of bulk transfers on
+//!   the 2-vCPU test machine showed many rounds that did not fill the window while quinn
+//!   had data queued (quinn's own trace mostly reported the window as the blocker, so the
+//!   exact cause, pacer timing or ACK batching, is not settled). Letting those rounds
+//!   lower the estimate made it decay, the window and the pacing rate with it, until a
+//!   clean link ran at a fraction of its rate.
+//! - **Random loss is not congestion**: each round's loss rate feeds a slowly learned
+//!   background rate; only a round losing clearly more (queue overflow) cuts the estimate.
+//! - **Startup** doubles per round, capped at 2 x the measured BDP, and leaves on a bandwidth
+//!   plateau, on a loss burst, or on a standing queue once growth stalls.
+//!
+//! Known weakness: a return path whose delay swings fast and deep (ACKs queued behind a
+//! bursty transfer the other way). The path RTT is a minimum, so the window fits the swing's
+//! low points. In the unit-test simulation (100 Mbit/s, 50 ms) a return queue rising to
+//! 80 ms and draining at link rate every 200 ms leaves 1 to 32% of the link used, one rising
+//! to 200 ms every 2 s 44 to 53%. Cubic, which ignores RTT, is immune.
 //!
 //! No I/O and no clock: every input carries its own `Instant`, so unit tests drive it with
 //! synthetic ACK and loss sequences.
@@ -25,12 +57,18 @@ use std::time::{Duration, Instant};
 
 /// Gains of the eight ProbeBW rounds: probe up, drain what the probe queued, cruise.
 const PROBE_GAINS: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+/// The ProbeBW phase that drains: its window carries no headroom.
+const DRAIN_PHASE: usize = 1;
+/// The phase a connection enters after startup's queue has drained (cruising).
+const FIRST_CRUISE_PHASE: usize = 2;
 /// Rounds the bandwidth filter remembers (a probe happens every 8).
 const BW_WINDOW_ROUNDS: usize = 10;
+/// Steady-state rounds whose smallest RTT is the path RTT: two cycles, two draining rounds.
+const PATH_RTT_ROUNDS: usize = 16;
 /// Startup window cap, in BDPs: room to double per round (the per-packet rate samples track
 /// the latest rate). BBR uses 2.89, which overflowed the 1000-packet queue here by 5%.
 const STARTUP_CWND_GAIN: f64 = 2.0;
-/// Startup ends after this many non-app-limited rounds without 25% bandwidth growth.
+/// Startup ends after this many full rounds without 25% bandwidth growth.
 const PLATEAU_ROUNDS: u32 = 3;
 /// A round with fewer packets than this says nothing about its loss rate (at 2% random
 /// loss, 3 of 20 lost happens in 1 round of 14; 10 of 100 in less than 1 in 10,000).
@@ -43,20 +81,27 @@ const CONGESTED_MARGIN: f64 = 0.03;
 const BG_LOSS_WEIGHT: f64 = 1.0 / 8.0;
 /// Bandwidth estimate kept after a congested round.
 const CONGESTED_BW_FACTOR: f64 = 0.85;
-/// A round whose smallest RTT exceeds min RTT x this (plus `QUEUE_SLACK`) saw a queue.
-const QUEUE_RTT_FACTOR: f64 = 1.5;
+/// A startup round whose smallest RTT exceeds min RTT x this (plus `QUEUE_SLACK`) saw a
+/// queue: the window has passed the BDP. (1.5 let startup fill a 1-BDP queue and overflow
+/// it before leaving.)
+const QUEUE_RTT_FACTOR: f64 = 1.25;
 const QUEUE_SLACK: Duration = Duration::from_millis(5);
-/// Rounds in a row with a standing queue before the estimate is trimmed in ProbeBW.
-const STANDING_QUEUE_ROUNDS: u32 = 3;
-/// Bandwidth estimate kept after a standing queue.
-const STANDING_QUEUE_BW_FACTOR: f64 = 0.9;
 /// A ProbeBW cycle whose estimate grew by this factor goes back to startup.
 const REGROW_FACTOR: f64 = 1.2;
-/// Window headroom for delayed and aggregated ACKs: this much time at the estimated rate
-/// (quinn's default max_ack_delay). With 5 ms the window sat at ~1 x BDP and left the link
-/// idle between ACKs: 54 Mbit/s at 20 ms / 0% loss where Cubic got 88. It matters most at
-/// short RTTs (+1.25 BDP at 20 ms, +0.25 BDP at 100 ms).
-const ACK_AGGREGATION_ALLOWANCE: Duration = Duration::from_millis(25);
+/// A round whose bytes in flight never reached this share of the window was limited by
+/// the sender, not by the path.
+const FULL_WINDOW: f64 = 0.9;
+/// Window headroom for delayed and aggregated ACKs, as time at the estimated rate. Measured
+/// (BENCHMARKS.md, "tolerant, second version"): 0 and 5 ms left the link idle between ACK
+/// bursts on this 2-vCPU machine; 25 ms filled it but kept 25 ms of queue in front of
+/// every interactive packet.
+const ACK_HEADROOM: Duration = Duration::from_millis(10);
+/// More headroom, as a share of the path RTT, for quinn's pacer. It sends 1.25 x window /
+/// smoothed RTT in bursts and forgets the tokens of a timer that fires late (tokio's
+/// timers have 1 ms granularity), so with a window of exactly 1 BDP the pacer, not the
+/// path, could set the rate. When the pacer does keep up, this share of the RTT is the
+/// queue it costs.
+const PACER_HEADROOM: f64 = 0.1;
 
 /// Which phase the model is in.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -86,8 +131,7 @@ impl Params {
 
 /// What was known when a batch of packets left. As in BBR, the delivery-rate sample of its
 /// ACK is (delivered now - `delivered`) over the longer of the ACK interval
-/// (now - `delivered_time`) and the send interval (`sent` - `first_sent`); the longer one
-/// keeps ACK compression from inflating the rate.
+/// (now - `delivered_time`) and the send interval (`sent` - `first_sent`).
 #[derive(Debug, Clone, Copy)]
 struct SendRecord {
     sent: Instant,
@@ -106,9 +150,19 @@ struct Round {
     acked: u64,
     lost: u64,
     min_rtt: Option<Duration>,
+    /// quinn said it had nothing to send at some ACK of the round.
     app_limited: bool,
+    /// Bytes in flight reached `FULL_WINDOW` of the window at some send of the round.
+    window_full: bool,
     /// Highest per-packet delivery rate seen in the round (bytes per second).
     max_rate: f64,
+}
+
+impl Round {
+    /// The round's rate says less than the path could do.
+    fn sender_limited(&self) -> bool {
+        self.app_limited || !self.window_full
+    }
 }
 
 /// The model's whole state.
@@ -117,9 +171,13 @@ pub struct Model {
     params: Params,
     mode: Mode,
     cwnd: u64,
+    /// Bytes in flight: exact after each batch of ACKs, kept up to date by sends and losses.
+    in_flight: u64,
     /// Delivery rate samples (bytes per second), one per completed round.
     bw_samples: VecDeque<f64>,
     min_rtt: Option<Duration>,
+    /// Smallest RTT of each recent ProbeBW round, newest last.
+    path_rtts: VecDeque<Duration>,
     delivered: u64,
     /// When `delivered` last grew.
     delivered_time: Option<Instant>,
@@ -134,7 +192,6 @@ pub struct Model {
     full_bw_rounds: u32,
     /// Learned random loss rate of non-congested rounds; `None` until the first full round.
     bg_loss: Option<f64>,
-    standing_queue_rounds: u32,
     congested_rounds: u64,
     /// Bandwidth estimate when the current ProbeBW cycle began.
     cycle_bw: f64,
@@ -148,8 +205,10 @@ impl Model {
             params,
             mode: Mode::Startup,
             cwnd: params.initial_window.max(params.min_window()),
+            in_flight: 0,
             bw_samples: VecDeque::with_capacity(BW_WINDOW_ROUNDS),
             min_rtt: None,
+            path_rtts: VecDeque::with_capacity(PATH_RTT_ROUNDS),
             delivered: 0,
             delivered_time: None,
             last_acked_sent: None,
@@ -159,7 +218,6 @@ impl Model {
             full_bw: 0.0,
             full_bw_rounds: 0,
             bg_loss: None,
-            standing_queue_rounds: 0,
             congested_rounds: 0,
             cycle_bw: 0.0,
             overflow_bw: 0.0,
@@ -184,6 +242,19 @@ impl Model {
         self.min_rtt
     }
 
+    /// The RTT the window is sized for: the smallest of the recent steady-state rounds,
+    /// never below the connection's minimum.
+    pub fn path_rtt(&self) -> Option<Duration> {
+        let min = self.min_rtt?;
+        Some(
+            self.path_rtts
+                .iter()
+                .copied()
+                .min()
+                .map_or(min, |p| p.max(min)),
+        )
+    }
+
     /// Learned background (random) loss rate.
     pub fn background_loss(&self) -> Option<f64> {
         self.bg_loss
@@ -202,17 +273,15 @@ impl Model {
         self.params.max_datagram = bytes;
     }
 
-    /// Estimated bandwidth-delay product in bytes, once both are known.
-    fn bdp(&self) -> Option<f64> {
-        let bw = self.bandwidth();
-        let rtt = self.min_rtt?;
-        (bw > 0.0).then_some(bw * rtt.as_secs_f64())
-    }
-
-    /// Packets were sent at `now`.
-    pub fn on_sent(&mut self, now: Instant) {
+    /// A packet of `bytes` was sent at `now`.
+    pub fn on_sent(&mut self, now: Instant, bytes: u64) {
         if self.round.is_none() {
             self.start_round(now);
+        }
+        self.in_flight += bytes;
+        let full = self.in_flight as f64 >= FULL_WINDOW * self.window() as f64;
+        if let Some(round) = self.round.as_mut() {
+            round.window_full |= full;
         }
         if self.sends.back().is_none_or(|r| r.sent < now) {
             let delivered_time = *self.delivered_time.get_or_insert(now);
@@ -234,6 +303,7 @@ impl Model {
             lost: 0,
             min_rtt: None,
             app_limited: false,
+            window_full: false,
             max_rate: 0.0,
         });
     }
@@ -250,6 +320,7 @@ impl Model {
     ) {
         // This packet's own RTT, ACK delay included: a queue shows in it all the same.
         let latest_rtt = now.saturating_duration_since(sent);
+        self.in_flight = self.in_flight.saturating_sub(bytes);
         self.delivered += bytes;
         self.delivered_time = Some(now);
         self.last_acked_sent = Some(self.last_acked_sent.map_or(sent, |t| t.max(sent)));
@@ -291,8 +362,10 @@ impl Model {
     /// Packets carrying `bytes` were declared lost. `persistent` is quinn's persistent
     /// congestion (everything sent over a long period lost): start over.
     pub fn on_loss(&mut self, now: Instant, bytes: u64, persistent: bool) {
+        self.in_flight = self.in_flight.saturating_sub(bytes);
         if persistent {
             self.bw_samples.clear();
+            self.path_rtts.clear();
             self.mode = Mode::Startup;
             self.full_bw = 0.0;
             self.full_bw_rounds = 0;
@@ -307,13 +380,32 @@ impl Model {
 
     /// A batch of ACKs was processed; `in_flight` bytes remain outstanding.
     pub fn on_end_acks(&mut self, in_flight: u64) {
+        self.in_flight = in_flight;
+        // Over the window (it just shrank) counts as full: the path, not the sender, holds
+        // the rest back.
+        let full = in_flight as f64 >= FULL_WINDOW * self.window() as f64;
+        if let Some(round) = self.round.as_mut() {
+            round.window_full |= full;
+        }
         self.update_window();
-        // Drain's window is 1 x BDP (plus ACK headroom): once in flight fits in it, the
-        // queue startup built is gone.
+        // Drain's window is 1 x BDP: once in flight fits in it, the queue startup built is
+        // gone.
         if self.mode == Mode::Drain && in_flight <= self.cwnd {
-            self.mode = Mode::ProbeBw(2);
+            self.enter_probe_bw(FIRST_CRUISE_PHASE);
             self.update_window();
         }
+    }
+
+    fn enter_probe_bw(&mut self, phase: usize) {
+        self.mode = Mode::ProbeBw(phase);
+        self.cycle_bw = self.bandwidth();
+    }
+
+    fn enter_startup(&mut self) {
+        self.mode = Mode::Startup;
+        self.full_bw = 0.0;
+        self.full_bw_rounds = 0;
+        self.path_rtts.clear();
     }
 
     fn end_round(&mut self, now: Instant) {
@@ -331,12 +423,19 @@ impl Model {
         // The per-packet samples see a probe's extra rate; the round average is the
         // fallback when no ACK matched a send record.
         let sample = average.max(round.max_rate);
-        // An app-limited round under-states the path; keep it only if it shows more.
-        if !round.app_limited || sample > self.bandwidth() {
+        let sender_limited = round.sender_limited();
+        // A sender-limited round under-states the path; keep it only if it shows more.
+        if !sender_limited || sample > self.bandwidth() {
             if self.bw_samples.len() == BW_WINDOW_ROUNDS {
                 self.bw_samples.pop_front();
             }
             self.bw_samples.push_back(sample);
+        }
+        if let (Mode::ProbeBw(_), Some(rtt)) = (self.mode, round.min_rtt) {
+            if self.path_rtts.len() == PATH_RTT_ROUNDS {
+                self.path_rtts.pop_front();
+            }
+            self.path_rtts.push_back(rtt);
         }
 
         let packets = round.acked + round.lost;
@@ -346,19 +445,39 @@ impl Model {
             _ => false,
         };
 
+        let was = self.mode;
         match self.mode {
-            Mode::Startup => self.startup_round(round.app_limited, loss, queued),
-            Mode::Drain | Mode::ProbeBw(_) => self.probe_round(loss, queued),
+            Mode::Startup => self.startup_round(sender_limited, loss, queued),
+            Mode::Drain | Mode::ProbeBw(_) => self.probe_round(loss),
         }
+        tracing::trace!(
+            target: "openshell_transport::congestion",
+            round = self.rounds,
+            mode = ?was,
+            next = ?self.mode,
+            sample_mbit = sample * 8e-6,
+            average_mbit = average * 8e-6,
+            bw_mbit = self.bandwidth() * 8e-6,
+            min_rtt_ms = self.min_rtt.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            path_rtt_ms = self.path_rtt().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            round_rtt_ms = round.min_rtt.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            acked = round.acked,
+            lost = round.lost,
+            app_limited = round.app_limited,
+            window_full = round.window_full,
+            queued,
+            cwnd = self.cwnd,
+            "tolerant round"
+        );
         self.start_round(now);
     }
 
-    fn startup_round(&mut self, app_limited: bool, loss: Option<f64>, queued: bool) {
+    fn startup_round(&mut self, sender_limited: bool, loss: Option<f64>, queued: bool) {
         let overflow = loss.is_some_and(|l| l > STARTUP_LOSS_EXIT);
         if let Some(l) = loss.filter(|_| !overflow) {
             self.learn_background(l);
         }
-        if !app_limited {
+        if !sender_limited {
             // The filtered estimate, not the raw sample: one low round is not a plateau.
             let bw = self.bandwidth();
             if bw >= self.full_bw * 1.25 {
@@ -376,13 +495,13 @@ impl Model {
         }
         // A queue alone is not enough: early rounds see delayed ACKs and scheduling noise
         // on a few packets. A queue while the rate stopped growing is the bottleneck.
-        let queue_exit = queued && !app_limited && self.full_bw_rounds >= 1;
+        let queue_exit = queued && !sender_limited && self.full_bw_rounds >= 1;
         if overflow || queue_exit || self.full_bw_rounds >= PLATEAU_ROUNDS {
             self.mode = Mode::Drain;
         }
     }
 
-    fn probe_round(&mut self, loss: Option<f64>, queued: bool) {
+    fn probe_round(&mut self, loss: Option<f64>) {
         let congested = match (loss, self.bg_loss) {
             (Some(l), Some(bg)) => l > bg + bg.max(CONGESTED_MARGIN),
             (Some(l), None) => l > STARTUP_LOSS_EXIT,
@@ -395,41 +514,31 @@ impl Model {
         } else if let Some(l) = loss {
             self.learn_background(l);
         }
-        self.standing_queue_rounds = if queued {
-            self.standing_queue_rounds + 1
-        } else {
-            0
+        let Mode::ProbeBw(phase) = self.mode else {
+            return;
         };
-        if self.standing_queue_rounds >= STANDING_QUEUE_ROUNDS {
-            self.standing_queue_rounds = 0;
-            self.trim_bandwidth(STANDING_QUEUE_BW_FACTOR);
+        if phase == 0 {
+            self.cycle_bw = self.bandwidth();
         }
-        if let Mode::ProbeBw(phase) = self.mode {
-            if phase == 0 {
-                self.cycle_bw = self.bandwidth();
-            }
-            // A probe that found 20% more than the cycle started with means startup left
-            // too early (noise, a competing flow that went away): grow quickly again
-            // instead of 25% per eight rounds.
-            // Recovering to where the last overflow happened is not new room.
-            let bw = self.bandwidth();
-            if !congested
-                && self.cycle_bw > 0.0
-                && bw > self.cycle_bw * REGROW_FACTOR
-                && bw > self.overflow_bw
-            {
-                self.mode = Mode::Startup;
-                self.full_bw = 0.0;
-                self.full_bw_rounds = 0;
-                return;
-            }
-            self.mode = if congested {
-                // Drain what the overflow left queued before cruising again.
-                Mode::ProbeBw(1)
-            } else {
-                Mode::ProbeBw((phase + 1) % PROBE_GAINS.len())
-            };
+        // A probe that found 20% more than the cycle started with means startup left too
+        // early (noise, a competing flow that went away): grow quickly again instead of
+        // 25% per eight rounds. Recovering to where the last overflow happened is not new
+        // room.
+        let bw = self.bandwidth();
+        if !congested
+            && self.cycle_bw > 0.0
+            && bw > self.cycle_bw * REGROW_FACTOR
+            && bw > self.overflow_bw
+        {
+            self.enter_startup();
+            return;
         }
+        self.mode = if congested {
+            // Drain what the overflow left queued before cruising again.
+            Mode::ProbeBw(DRAIN_PHASE)
+        } else {
+            Mode::ProbeBw((phase + 1) % PROBE_GAINS.len())
+        };
     }
 
     fn learn_background(&mut self, loss: f64) {
@@ -449,32 +558,42 @@ impl Model {
     }
 
     fn update_window(&mut self) {
-        let Some(bdp) = self.bdp() else {
+        let bw = self.bandwidth();
+        let (Some(min_rtt), Some(path_rtt)) = (self.min_rtt, self.path_rtt()) else {
             return;
         };
-        let min = self.params.min_window();
-        let headroom = self.bandwidth() * ACK_AGGREGATION_ALLOWANCE.as_secs_f64();
+        if bw <= 0.0 {
+            return;
+        }
+        let headroom = bw * (ACK_HEADROOM.as_secs_f64() + PACER_HEADROOM * path_rtt.as_secs_f64());
         self.cwnd = match self.mode {
             Mode::Startup => {
-                let cap = (STARTUP_CWND_GAIN * bdp) as u64;
+                let cap = (STARTUP_CWND_GAIN * bw * min_rtt.as_secs_f64()) as u64;
                 self.cwnd.min(cap.max(self.params.initial_window))
             }
-            Mode::Drain => (bdp + headroom) as u64,
-            Mode::ProbeBw(phase) => (PROBE_GAINS[phase] * bdp + headroom) as u64,
+            Mode::Drain => (bw * min_rtt.as_secs_f64()) as u64,
+            Mode::ProbeBw(DRAIN_PHASE) => {
+                (PROBE_GAINS[DRAIN_PHASE] * bw * path_rtt.as_secs_f64()) as u64
+            }
+            Mode::ProbeBw(phase) => {
+                (PROBE_GAINS[phase] * bw * path_rtt.as_secs_f64() + headroom) as u64
+            }
         }
-        .max(min);
+        .max(self.params.min_window());
     }
 }
 
 #[cfg(test)]
 mod tests {
-    //! Synthetic ACK/loss sequences: a tiny discrete-time path model (a rate-limited
-    //! bottleneck with a tail-drop queue, fixed propagation delay and seeded random loss)
-    //! feeds the model exactly what quinn would. No sockets, no clock.
+    //! Synthetic ACK/loss sequences: a tiny discrete-time path (a rate-limited bottleneck
+    //! with a tail-drop queue, fixed propagation delay, seeded random loss, and optionally
+    //! a varying delay on the way back and a sender that cannot keep up) feeds the model
+    //! exactly what quinn would. No sockets, no clock.
 
     use super::*;
 
     const MSS: u64 = 1200;
+    const MBIT: f64 = 1_000_000.0 / 8.0;
 
     fn params() -> Params {
         Params {
@@ -494,41 +613,94 @@ mod tests {
         }
     }
 
+    /// One simulated transfer.
+    struct Path {
+        /// Bottleneck rate, bytes per second.
+        rate: f64,
+        /// Propagation RTT (no queue anywhere).
+        rtt: Duration,
+        /// Bottleneck queue, packets.
+        queue: usize,
+        /// Random loss after the queue, like the emulator's.
+        loss: f64,
+        secs: u64,
+        /// Extra delay on the way back at a given time since the start (a queue in the
+        /// other direction). ACKs never overtake each other: when it shrinks, they bunch.
+        return_delay: fn(Duration) -> Duration,
+        /// A pacer like quinn's (1.25 x window / RTT) that achieves only this share of its
+        /// rate, as its timer fires late. quinn's measured 60 to 70% in the traces behind
+        /// BENCHMARKS.md; the default is 70%.
+        pacer_efficiency: f64,
+        /// A loss burst: from, until, loss rate (instead of `loss`).
+        burst: Option<(Duration, Duration, f64)>,
+    }
+
+    impl Path {
+        fn new(mbit: f64, rtt_ms: u64, queue: usize, loss: f64, secs: u64) -> Path {
+            Path {
+                rate: mbit * MBIT,
+                rtt: Duration::from_millis(rtt_ms),
+                queue,
+                loss,
+                secs,
+                return_delay: |_| Duration::ZERO,
+                pacer_efficiency: 0.7,
+                burst: None,
+            }
+        }
+    }
+
     struct Outcome {
         /// Goodput over the second half, as a share of the bottleneck rate.
         utilisation: f64,
         /// Packets dropped by the queue over all packets sent.
         queue_drop_share: f64,
+        /// Mean time a packet waited in the bottleneck queue over the second half.
+        queue_delay: Duration,
+        /// The bandwidth estimate (bytes per second) every 100 ms.
+        estimates: Vec<(Duration, f64)>,
         model: Model,
     }
 
-    /// Runs a bulk sender for `secs` over a path of `rate` bytes/s, `rtt`, a queue of
-    /// `queue` packets and `loss` random loss (applied after the queue, like the emulator).
-    /// Losses are declared one RTT after the packet was sent (quinn's time threshold is
-    /// 9/8 RTT; the exact value does not matter to the model).
-    fn simulate(rate: f64, rtt: Duration, queue: usize, loss: f64, secs: u64) -> Outcome {
+    /// Runs a bulk sender over `path`. Losses are declared one RTT after the packet was
+    /// sent (quinn's time threshold is 9/8 RTT; the exact value does not matter here).
+    fn simulate(path: &Path) -> Outcome {
         let start = Instant::now();
         let tick = Duration::from_micros(100);
+        let rtt = path.rtt;
         let mut model = Model::new(params());
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         // Packets waiting at the bottleneck: their send times.
         let mut queued: VecDeque<Instant> = VecDeque::new();
-        // (arrival of the ACK at the sender, send time) or (loss declared at, 0) events.
+        // (arrival of the ACK at the sender, send time).
         let mut acks: VecDeque<(Instant, Instant)> = VecDeque::new();
         let mut losses: VecDeque<Instant> = VecDeque::new();
         let mut in_flight: u64 = 0;
-        let mut service_credit = 0.0;
+        let (mut service_credit, mut send_credit) = (0.0, 0.0);
         let (mut sent, mut dropped, mut delivered_late) = (0u64, 0u64, 0u64);
-        let end = start + Duration::from_secs(secs);
-        let half = start + Duration::from_secs(secs / 2);
+        let (mut waited, mut waits) = (Duration::ZERO, 0u32);
+        let end = start + Duration::from_secs(path.secs);
+        let half = start + Duration::from_secs(path.secs / 2);
+        let mut estimates = Vec::new();
         let mut now = start;
         while now < end {
-            // Send while the window allows (pacing is quinn's job, not the model's).
-            while in_flight + MSS <= model.window() {
-                model.on_sent(now);
+            let elapsed = now - start;
+            if elapsed.as_micros() % 100_000 == 0 {
+                estimates.push((elapsed, model.bandwidth()));
+            }
+            let loss = match path.burst {
+                Some((from, until, burst)) if (from..until).contains(&elapsed) => burst,
+                _ => path.loss,
+            };
+            let pace = path.pacer_efficiency * 1.25 * model.window() as f64 / rtt.as_secs_f64();
+            send_credit = (send_credit + pace * tick.as_secs_f64()).min(4.0 * MSS as f64);
+            // Send while the window and the pacer allow.
+            while in_flight + MSS <= model.window() && send_credit >= MSS as f64 {
+                send_credit -= MSS as f64;
+                model.on_sent(now, MSS);
                 in_flight += MSS;
                 sent += 1;
-                if queued.len() >= queue {
+                if queued.len() >= path.queue {
                     dropped += 1;
                     losses.push_back(now + rtt);
                 } else {
@@ -536,17 +708,23 @@ mod tests {
                 }
             }
             // The bottleneck serves `rate` bytes per second.
-            service_credit += rate * tick.as_secs_f64();
+            service_credit += path.rate * tick.as_secs_f64();
             while service_credit >= MSS as f64 {
                 let Some(t) = queued.pop_front() else {
                     service_credit = 0.0;
                     break;
                 };
                 service_credit -= MSS as f64;
+                if t >= half {
+                    waited += now - t;
+                    waits += 1;
+                }
                 if rng.chance(loss) {
                     losses.push_back(t + rtt);
                 } else {
-                    acks.push_back((now + rtt, t));
+                    let back = now + rtt + (path.return_delay)(elapsed);
+                    let at = acks.back().map_or(back, |&(last, _)| back.max(last));
+                    acks.push_back((at, t));
                 }
             }
             while losses.front().is_some_and(|&t| t <= now) {
@@ -570,27 +748,29 @@ mod tests {
             now += tick;
         }
         let late_secs = (end - half).as_secs_f64() - rtt.as_secs_f64();
+        let utilisation = (delivered_late * MSS) as f64 / late_secs / path.rate;
         eprintln!(
-            "sent {sent} dropped {dropped} bw {:.1} Mbit/s bg {:?} congested {} rounds {} mode {:?}",
+            "utilisation {utilisation:.3} sent {sent} dropped {dropped} bw {:.1} Mbit/s path rtt {:?} bg {:?} congested {} rounds {} mode {:?}",
             model.bandwidth() * 8e-6,
+            model.path_rtt(),
             model.background_loss(),
             model.congested_rounds(),
             model.rounds(),
             model.mode()
         );
         Outcome {
-            utilisation: (delivered_late * MSS) as f64 / late_secs / rate,
+            utilisation,
             queue_drop_share: dropped as f64 / sent as f64,
+            queue_delay: waited / waits.max(1),
+            estimates,
             model,
         }
     }
 
-    const MBIT: f64 = 1_000_000.0 / 8.0;
-
     #[test]
     fn random_loss_does_not_collapse_the_window() {
         // The cell: 100 Mbit/s, 100 ms, 2% random loss, 1000-packet queue.
-        let o = simulate(100.0 * MBIT, Duration::from_millis(100), 1000, 0.02, 8);
+        let o = simulate(&Path::new(100.0, 100, 1000, 0.02, 8));
         assert!(o.utilisation > 0.8, "utilisation {}", o.utilisation);
         assert!(
             o.queue_drop_share < 0.05,
@@ -603,8 +783,8 @@ mod tests {
     }
 
     #[test]
-    fn clean_link_fills_the_pipe_without_overflowing() {
-        let o = simulate(100.0 * MBIT, Duration::from_millis(20), 1000, 0.0, 4);
+    fn clean_link_fills_the_pipe_with_a_short_queue() {
+        let o = simulate(&Path::new(100.0, 20, 1000, 0.0, 4));
         assert!(o.utilisation > 0.9, "utilisation {}", o.utilisation);
         assert!(
             o.queue_drop_share < 0.01,
@@ -613,21 +793,84 @@ mod tests {
         );
         let bw = o.model.bandwidth() / MBIT;
         assert!(
-            (80.0..130.0).contains(&bw),
+            (80.0..115.0).contains(&bw),
             "bandwidth estimate {bw} Mbit/s"
         );
+        // The headroom (10 ms) and the probe's quarter BDP (5 ms), not a growing queue:
+        // the draining round keeps the model's own queue out of its path RTT.
+        assert!(
+            o.queue_delay < Duration::from_millis(12),
+            "mean queue delay {:?}",
+            o.queue_delay
+        );
+    }
+
+    #[test]
+    fn a_queue_on_the_way_back_does_not_starve_the_window() {
+        // After 2 s, ACKs wait 20 ms more on the way back (a bulk transfer the other way,
+        // at 20 ms RTT). A window sized by the minimum RTT alone would hold half a path.
+        let mut path = Path::new(100.0, 20, 1000, 0.0, 8);
+        path.return_delay = |t| {
+            if t > Duration::from_secs(2) {
+                Duration::from_millis(20)
+            } else {
+                Duration::ZERO
+            }
+        };
+        let o = simulate(&path);
+        assert!(o.utilisation > 0.85, "utilisation {}", o.utilisation);
+        let p = o.model.path_rtt().unwrap();
+        assert!(p >= Duration::from_millis(38), "path rtt {p:?}");
+    }
+
+    #[test]
+    fn acks_bunched_by_a_draining_return_queue_keep_the_link_full() {
+        // The return queue grows to 40 ms over 460 ms, then drains at link rate (1 ms per
+        // ms), again and again: every drain brings the ACKs of 40 ms in a bunch.
+        let mut path = Path::new(100.0, 50, 1000, 0.0, 10);
+        path.return_delay = |t| {
+            let x = (t.as_micros() % 500_000) as u64;
+            Duration::from_micros(if x < 460_000 {
+                x * 40 / 460
+            } else {
+                500_000 - x
+            })
+        };
+        let o = simulate(&path);
+        // While the return queue is high the window (sized for its low points) limits
+        // delivery; the bunched samples make up for it. Discounting them (stretching the
+        // ACK interval by the RTT's shrinking) measured 0.78 here.
+        assert!(o.utilisation > 0.9, "utilisation {}", o.utilisation);
+        // The price: an estimate above the link's rate, so a queue and a few drops.
+        assert!(o.queue_drop_share < 0.03, "drops {}", o.queue_drop_share);
+        assert!(
+            o.queue_delay < Duration::from_millis(50),
+            "queue {:?}",
+            o.queue_delay
+        );
+    }
+
+    #[test]
+    fn a_pacer_that_falls_behind_does_not_shrink_the_window() {
+        // quinn's pacer sends at 1.25 x window / RTT, and loses the tokens of a timer that
+        // fires late. At 45% of its nominal rate the sender is short of the path, its
+        // rounds never fill the window, and they say nothing about the path. Counted as
+        // path samples they would lower the estimate, the window, and with it the pacing
+        // rate: a spiral down to the minimum window on a clean link.
+        let mut path = Path::new(100.0, 100, 1000, 0.0, 8);
+        path.pacer_efficiency = 0.45;
+        let o = simulate(&path);
+        // Without the rule the estimate ends under 1 Mbit/s.
+        let bw = o.model.bandwidth() / MBIT;
+        assert!(bw > 30.0, "bandwidth estimate {bw} Mbit/s");
     }
 
     #[test]
     fn shallow_queue_overflow_is_noticed_and_backed_off() {
         // 300 ms at 100 Mbit/s is ~3100 packets in flight; a 200-packet queue overflows on
-        // every overshoot. The model must see the loss as congestion, not as background.
-        // Known weakness, asserted as such: startup leaves early on that overflow, and
-        // ProbeBW regrows only 25% per eight rounds (2.4 s at 300 ms), so utilisation after
-        // 12 s is low.
-        // This simulated sender does not pace (quinn does), so its startup bursts overflow
-        // the short queue harder than a real link would: 8% drops, hence the 10% bound.
-        let o = simulate(100.0 * MBIT, Duration::from_millis(300), 200, 0.01, 12);
+        // every overshoot (startup's above all: 6% of all packets here). The model must see
+        // that loss as congestion, not as background, and still use most of the path.
+        let o = simulate(&Path::new(100.0, 300, 200, 0.01, 12));
         assert!(
             o.queue_drop_share < 0.10,
             "queue drops {}",
@@ -635,53 +878,39 @@ mod tests {
         );
         assert!(o.model.congested_rounds() >= 1);
         assert!(o.model.background_loss().unwrap() < 0.03);
-        assert!(o.utilisation > 0.15, "utilisation {}", o.utilisation);
+        assert!(o.utilisation > 0.6, "utilisation {}", o.utilisation);
     }
 
     #[test]
     fn loss_burst_above_background_cuts_the_estimate() {
-        let t0 = Instant::now();
-        let rtt = Duration::from_millis(100);
-        let mut m = Model::new(params());
-        // Rounds of 200 packets each, 2% lost, at a steady 2.4 MB/s.
-        let mut now = t0;
-        let round = |m: &mut Model, now: &mut Instant, lost: u64| {
-            let sent_at = *now;
-            m.on_sent(sent_at);
-            *now += rtt;
-            for _ in 0..lost {
-                m.on_loss(*now, MSS, false);
-            }
-            for _ in 0..(200 - lost) {
-                m.on_ack(*now, sent_at, MSS, false, rtt);
-            }
-            m.on_end_acks(0);
+        // 2% random loss throughout, and 300 ms losing 30% (queue overflow, say) at 6 s.
+        let mut path = Path::new(20.0, 100, 1000, 0.02, 12);
+        path.burst = Some((Duration::from_secs(6), Duration::from_millis(6300), 0.3));
+        let o = simulate(&path);
+        let at = |from: u64, to: u64| {
+            o.estimates
+                .iter()
+                .filter(move |(t, _)| {
+                    (Duration::from_millis(from)..Duration::from_millis(to)).contains(t)
+                })
+                .map(|&(_, bw)| bw)
         };
-        for _ in 0..12 {
-            round(&mut m, &mut now, 4);
-        }
-        assert!(matches!(m.mode(), Mode::ProbeBw(_)), "{:?}", m.mode());
-        assert_eq!(m.congested_rounds(), 0);
-        let before = m.bandwidth();
-        // A round losing 20% is queue overflow, not the 2% background.
-        round(&mut m, &mut now, 40);
-        assert_eq!(m.congested_rounds(), 1);
+        let before = at(5500, 6000).fold(0.0, f64::max);
+        let after = at(6300, 7000).fold(f64::MAX, f64::min);
+        assert!(o.model.congested_rounds() >= 1);
         assert!(
-            m.bandwidth() < before * 0.9,
-            "{} vs {before}",
-            m.bandwidth()
+            after < before * 0.9,
+            "estimate {after} after vs {before} before"
         );
-        assert_eq!(m.mode(), Mode::ProbeBw(1), "drains after the overflow");
-        // 2% again is background: no further cut.
-        let after = m.bandwidth();
-        round(&mut m, &mut now, 4);
-        assert_eq!(m.congested_rounds(), 1);
-        assert!(m.bandwidth() >= after * 0.99);
+        // The burst is not learned as the background rate, and the path is used again.
+        let bg = o.model.background_loss().unwrap();
+        assert!((0.01..0.04).contains(&bg), "background loss {bg}");
+        assert!(o.utilisation > 0.7, "utilisation {}", o.utilisation);
     }
 
     #[test]
     fn persistent_congestion_starts_over() {
-        let o = simulate(10.0 * MBIT, Duration::from_millis(50), 1000, 0.0, 2);
+        let o = simulate(&Path::new(10.0, 50, 1000, 0.0, 2));
         let mut m = o.model;
         assert!(m.window() > 20 * MSS);
         m.on_loss(Instant::now(), 10 * MSS, true);
