@@ -321,6 +321,56 @@ async fn rpcs_keep_flowing_while_a_tunnel_moves_100_mib() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_sends_its_pattern_and_sink_counts_what_arrived() {
+    let pki = TestPki::new();
+    let gw = Gateway::builder().pki(pki.dir()).spawn();
+    for hint in [PathHint::QuicOnly, PathHint::TcpOnly] {
+        let conn = connector(&gw, &pki.client("alice", &[]), hint)
+            .connect()
+            .await
+            .unwrap();
+        // source: the byte at offset i is i mod 256 (a 64 KiB pattern, endlessly).
+        let mut source = conn.open_tunnel(&TunnelTarget::Source).await.unwrap();
+        let mut got = vec![0u8; 3 << 20];
+        source.read_exact(&mut got).await.unwrap();
+        let wrong = got.iter().enumerate().position(|(i, b)| *b != i as u8);
+        assert_eq!(wrong, None, "{hint:?}: source pattern broken");
+        // It drains what the client writes instead of stalling on it.
+        source.write_all(&vec![7u8; 1 << 20]).await.unwrap();
+        source.read_exact(&mut got[..1024]).await.unwrap();
+        drop(source);
+
+        // sink: running totals, and after the client's end of stream, the exact total.
+        let sent: u64 = (5 << 20) + 123;
+        let mut sink = conn.open_tunnel(&TunnelTarget::Sink).await.unwrap();
+        let mut left = sent as usize;
+        let chunk = vec![0x5au8; 64 * 1024];
+        while left > 0 {
+            let n = left.min(chunk.len());
+            sink.write_all(&chunk[..n]).await.unwrap();
+            left -= n;
+        }
+        sink.shutdown().await.unwrap();
+        let mut receipts = Vec::new();
+        sink.read_to_end(&mut receipts).await.unwrap();
+        assert_eq!(
+            receipts.len() % 8,
+            0,
+            "{hint:?}: receipts are 8-byte totals"
+        );
+        let totals: Vec<u64> = receipts
+            .chunks(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .collect();
+        assert!(
+            totals.windows(2).all(|w| w[0] <= w[1]),
+            "{hint:?}: {totals:?}"
+        );
+        assert_eq!(totals.last(), Some(&sent), "{hint:?}: final total");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnel_targets_are_chosen_by_the_gateway() {
     let pki = TestPki::new();
     // A TCP service the operator registered under a name.

@@ -1,8 +1,9 @@
 //! Where CONNECT tunnels go. The client names a target; this decides, never the client:
-//! `echo` (built in, for diagnostics and benchmarks), `service/NAME` (operator-registered
-//! with `--tunnel-target NAME=HOST:PORT`), `sandbox/NAME/ssh` and `sandbox/NAME/port/P`
-//! (a user reaching into a sandbox through its supervisor), and `relay/ID` (a supervisor
-//! connecting back for a relay the gateway asked for; see `relays.rs`).
+//! `echo`, `source` and `sink` (built in, for diagnostics and benchmarks: they measure a
+//! path without a service behind it), `service/NAME` (operator-registered with
+//! `--tunnel-target NAME=HOST:PORT`), `sandbox/NAME/ssh` and `sandbox/NAME/port/P` (a user
+//! reaching into a sandbox through its supervisor), and `relay/ID` (a supervisor connecting
+//! back for a relay the gateway asked for; see `relays.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,6 +44,8 @@ impl TunnelService for Tunnels {
         Box::pin(async move {
             match decision? {
                 Route::Echo => Ok(echo()),
+                Route::Source => Ok(source()),
+                Route::Sink => Ok(sink()),
                 Route::Sandbox(name, target, port) => {
                     to_sandbox(&sandboxes, &relays, &name, target, port).await
                 }
@@ -73,6 +76,8 @@ impl TunnelService for Tunnels {
 
 enum Route {
     Echo,
+    Source,
+    Sink,
     Dial(String, String),
     /// A user's tunnel into sandbox NAME: ssh or a port inside it.
     Sandbox(String, openshell_proto::relay_open::Target, u32),
@@ -170,6 +175,8 @@ impl Tunnels {
         use openshell_proto::relay_open::Target;
         match target {
             TunnelTarget::Echo => Ok(Route::Echo),
+            TunnelTarget::Source => Ok(Route::Source),
+            TunnelTarget::Sink => Ok(Route::Sink),
             TunnelTarget::Service(name) => match self.services.get(&name) {
                 Some(addr) => Ok(Route::Dial(name, addr.clone())),
                 None => Err(TunnelRefusal::new(
@@ -203,6 +210,63 @@ fn echo() -> BoxIo {
         let (mut rd, mut wr) = tokio::io::split(server);
         let _ = tokio::io::copy(&mut rd, &mut wr).await;
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+    });
+    Box::new(client)
+}
+
+/// Chunk the `source` target writes.
+const SOURCE_CHUNK: usize = 64 * 1024;
+/// The `sink` target reports its total at most this often (and once more at the end).
+const SINK_RECEIPT_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// An in-process source: bytes as fast as the client takes them, until it goes away.
+/// Whatever the client writes is read and dropped.
+fn source() -> BoxIo {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (client, server) = tokio::io::duplex(ECHO_BUFFER);
+    tokio::spawn(async move {
+        let (mut rd, mut wr) = tokio::io::split(server);
+        let drain = async move {
+            let mut buf = vec![0u8; SOURCE_CHUNK];
+            while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
+        };
+        let fill = async move {
+            let chunk: Vec<u8> = (0..SOURCE_CHUNK).map(|i| i as u8).collect();
+            while wr.write_all(&chunk).await.is_ok() {}
+        };
+        tokio::select! {
+            _ = fill => {}
+            _ = drain => {}
+        }
+    });
+    Box::new(client)
+}
+
+/// An in-process sink: reads and drops everything, writing the running total of bytes
+/// received as an 8-byte big-endian number at most every 10 ms and once at the end.
+fn sink() -> BoxIo {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (client, server) = tokio::io::duplex(ECHO_BUFFER);
+    tokio::spawn(async move {
+        let (mut rd, mut wr) = tokio::io::split(server);
+        let mut buf = vec![0u8; SOURCE_CHUNK];
+        let mut total: u64 = 0;
+        let mut last = std::time::Instant::now();
+        loop {
+            let n = match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            total += n as u64;
+            if last.elapsed() >= SINK_RECEIPT_EVERY {
+                last = std::time::Instant::now();
+                if wr.write_all(&total.to_be_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = wr.write_all(&total.to_be_bytes()).await;
+        let _ = wr.shutdown().await;
     });
     Box::new(client)
 }

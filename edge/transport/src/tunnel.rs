@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! target  = "echo"                       ; built-in diagnostics echo, no dial
+//!         | "source"                     ; built-in: endless bytes to the client
+//!         | "sink"                       ; built-in: discards, answers with byte counts
 //!         | "service/" NAME              ; a target registered in the gateway's config
 //!         | "sandbox/" NAME "/ssh"       ; the sandbox's SSH server (via its supervisor)
 //!         | "sandbox/" NAME "/port/" PORT; a loopback port inside the sandbox
@@ -20,6 +22,11 @@ pub const REASON_HEADER: &str = "openshell-reason";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TunnelTarget {
     Echo,
+    /// The gateway sends bytes as fast as the tunnel takes them (a download benchmark).
+    Source,
+    /// The gateway discards what it reads and reports how much as 8-byte big-endian totals
+    /// (an upload benchmark that measures what arrived, not what was buffered).
+    Sink,
     Service(String),
     SandboxSsh(String),
     SandboxPort(String, u16),
@@ -38,6 +45,8 @@ impl TunnelTarget {
         };
         match parts.as_slice() {
             ["echo"] => Some(TunnelTarget::Echo),
+            ["source"] => Some(TunnelTarget::Source),
+            ["sink"] => Some(TunnelTarget::Sink),
             ["service", n] if valid(n) => Some(TunnelTarget::Service(n.to_string())),
             ["sandbox", n, "ssh"] if valid(n) => Some(TunnelTarget::SandboxSsh(n.to_string())),
             ["sandbox", n, "port", p] if valid(n) => p
@@ -63,6 +72,8 @@ impl fmt::Display for TunnelTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TunnelTarget::Echo => write!(f, "echo"),
+            TunnelTarget::Source => write!(f, "source"),
+            TunnelTarget::Sink => write!(f, "sink"),
             TunnelTarget::Service(n) => write!(f, "service/{n}"),
             TunnelTarget::SandboxSsh(n) => write!(f, "sandbox/{n}/ssh"),
             TunnelTarget::SandboxPort(n, p) => write!(f, "sandbox/{n}/port/{p}"),
@@ -93,6 +104,8 @@ mod tests {
     fn round_trips() {
         for t in [
             TunnelTarget::Echo,
+            TunnelTarget::Source,
+            TunnelTarget::Sink,
             TunnelTarget::Service("db".into()),
             TunnelTarget::SandboxSsh("my-box".into()),
             TunnelTarget::SandboxPort("my-box".into(), 8080),
