@@ -49,8 +49,18 @@ enum Command {
     },
 }
 
+/// Environment variable with a tracing filter for a worker's own events (e.g.
+/// `openshell_transport::congestion=trace` for the controller's rounds); they go to stderr.
+const LOG_ENV: &str = "OPENSHELL_BENCH_LOG";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Ok(filter) = std::env::var(LOG_ENV) {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

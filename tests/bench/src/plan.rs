@@ -136,10 +136,12 @@ impl Plan {
             }
         }
         cells.push(Cell::reordering(100, 5.0, 10));
-        let cc_cells = [20, 100, 300]
+        // The clean cells too: a default must not cost goodput where there is no loss.
+        let mut cc_cells: Vec<Cell> = [20, 100, 300]
             .into_iter()
-            .flat_map(|rtt| [1.0, 2.0, 5.0].map(|l| Cell::impaired(rtt, l)))
+            .flat_map(|rtt| [0.0, 1.0, 2.0, 5.0].map(|l| Cell::impaired(rtt, l)))
             .collect();
+        cc_cells.push(Cell::reordering(100, 5.0, 10));
         Plan {
             mode: "full".into(),
             cells,
@@ -221,8 +223,9 @@ mod tests {
         assert!(p.cells[0].floor);
         assert!(p.cells.iter().any(|c| c.name == "rtt100-loss2"));
         assert!(p.cells.iter().any(|c| c.reorder_pct > 0.0));
-        assert_eq!(p.cc_cells.len(), 9);
-        assert!(p.cc_cells.iter().all(|c| c.loss_pct > 0.0));
+        // Every impaired cell: 3 RTTs x 4 losses + the reordering cell.
+        assert_eq!(p.cc_cells.len(), 13);
+        assert!(p.cc_cells.iter().all(|c| !c.floor));
         assert!(p.rpcs >= 500);
     }
 
@@ -246,7 +249,8 @@ mod tests {
         assert!(p.cells[0].floor);
         assert_eq!(p.cells[1].name, "rtt300-loss5");
         assert_eq!(p.cc_cells.len(), 1);
-        let p = Plan::quick().only_cells(&["rtt300-loss0".into()]);
+        let p = Plan::quick().only_cells(&["floor".into()]);
+        assert_eq!(p.cells.len(), 1);
         assert!(p.cc_cells.is_empty());
     }
 }

@@ -288,7 +288,7 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "Run: `{}`  ", m.command);
     let _ = writeln!(
         s,
-        "{} to {} ({:.0} s), load average {} at the start and {} at the end, git {}, {} CPUs, kernel {}, link seed {}, TCP congestion control `{}`, QUIC congestion control in the matrix `{}`.\n",
+        "{} to {} ({:.0} s), load average {} at the start and {} at the end, git {}, {} CPUs, kernel {}, link seed {}, TCP congestion control `{}`, QUIC congestion control in the matrix `{}`, bulk transfers {}.\n",
         m.started_utc,
         m.finished_utc,
         m.duration_secs,
@@ -299,7 +299,12 @@ pub fn markdown(r: &Results) -> String {
         m.kernel,
         m.link_seed,
         m.tcp_congestion,
-        m.matrix_congestion
+        m.matrix_congestion,
+        if m.bulk_mode == "upload" {
+            "one way (client to gateway)"
+        } else {
+            "both ways through an echo tunnel"
+        }
     );
 
     let _ = writeln!(s, "### Targets\n");
@@ -439,7 +444,8 @@ pub fn markdown(r: &Results) -> String {
 
     let _ = writeln!(
         s,
-        "\n### Bulk echo tunnel goodput (Mbit/s each direction) and loss\n"
+        "\n### Bulk tunnel goodput (Mbit/s, {}) and loss\n",
+        r.meta.bulk_direction()
     );
     let _ = writeln!(
         s,
@@ -663,7 +669,7 @@ pub fn charts(r: &Results) -> Vec<(String, String)> {
             Chart {
                 title: "Bulk tunnel goodput vs loss (100 Mbit/s link)".into(),
                 x_label: x.clone(),
-                y_label: "Mbit/s each direction (log)".into(),
+                y_label: format!("Mbit/s {} (log)", r.meta.bulk_direction()),
                 log_y: true,
                 series: by_loss(r, |c| (c.bulk_secs > 0.0).then_some(c.bulk_mbps)),
             },
@@ -680,7 +686,9 @@ pub fn charts(r: &Results) -> Vec<(String, String)> {
             for (j, rtt) in rtt_list.iter().enumerate() {
                 let runs: Vec<_> =
                     r.cc.iter()
-                        .filter(|c| c.congestion == cc && c.cell.rtt_ms == *rtt)
+                        .filter(|c| {
+                            c.congestion == cc && c.cell.rtt_ms == *rtt && c.cell.reorder_pct == 0.0
+                        })
                         .collect();
                 let series = |points| Series {
                     name: format!("{cc} {rtt} ms"),
@@ -705,7 +713,7 @@ pub fn charts(r: &Results) -> Vec<(String, String)> {
             Chart {
                 title: "QUIC goodput by congestion controller".into(),
                 x_label: x.clone(),
-                y_label: "Mbit/s each direction (log)".into(),
+                y_label: format!("Mbit/s {} (log)", r.meta.bulk_direction()),
                 log_y: true,
                 series: goodput,
             },
@@ -866,13 +874,15 @@ mod tests {
             "### Cold command",
             "### Warm unary RPC",
             "### Interactive echo",
-            "### Bulk echo tunnel goodput",
+            "### Bulk tunnel goodput (Mbit/s, each direction)",
             "### Congestion control",
             "### Plain loopback",
         ] {
             assert!(md.contains(heading), "missing {heading}");
         }
         assert!(md.contains("scripts/bench --quick"));
+        // Results from before the bulk mode existed read as echo (both directions).
+        assert!(md.contains("bulk transfers both ways through an echo tunnel"));
         assert!(md.contains("| 100 ms / 2% | 500/500 | 101.0 / 216.0 / 216.0 | 101.0 / 564.0 / 564.0 | 0.38 | – | – | – |"));
         // Empty summaries print a dash, never NaN.
         assert!(!md.contains("NaN"));

@@ -223,6 +223,25 @@ pub struct Meta {
     pub link_seed: u64,
     /// The gateway's QUIC congestion controller in the matrix (its default).
     pub matrix_congestion: String,
+    /// What the bulk phases of the matrix and the comparison moved: `echo` (both ways
+    /// through an echo tunnel; every run before session 5) or `upload` (client to gateway).
+    #[serde(default = "echo_mode")]
+    pub bulk_mode: String,
+}
+
+fn echo_mode() -> String {
+    "echo".into()
+}
+
+impl Meta {
+    /// The direction a matrix goodput figure counts, for table headings.
+    pub fn bulk_direction(&self) -> &'static str {
+        if self.bulk_mode == "upload" {
+            "client to gateway"
+        } else {
+            "each direction"
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

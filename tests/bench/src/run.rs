@@ -35,6 +35,9 @@ mod agent;
 
 const GATEWAY_PORT: u16 = 17670;
 const LOOPBACK_PORT: u16 = 17671;
+/// The gateway's and the CLI's default QUIC controller: the loopback and memory phases
+/// measure what a user gets.
+const DEFAULT_CONGESTION: &str = "tolerant";
 /// Connections per `hold` process in the memory phase.
 const CONNS_PER_HOLDER: u32 = 2500;
 
@@ -59,9 +62,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub echo_secs: Option<u32>,
     /// QUIC congestion controller of the gateway and the clients in the matrix (the
-    /// gateway's default is cubic); the comparison phase always runs all four.
-    #[arg(long, default_value = "cubic", value_parser = ["cubic", "newreno", "bbr", "tolerant"])]
+    /// gateway's default is tolerant); the comparison phase always runs all four.
+    #[arg(long, default_value = "tolerant", value_parser = ["cubic", "newreno", "bbr", "tolerant"])]
     pub matrix_congestion: String,
+    /// What the matrix's and the comparison's bulk phases move: one way from the client
+    /// to the gateway's `sink` (the client is the sender, so its own loss count is the
+    /// self-induced loss), or both ways through an echo tunnel (ACKs then queue behind
+    /// data on the way back). Loopback always echoes.
+    #[arg(long, default_value = "upload", value_parser = ["upload", "echo"])]
+    pub bulk_mode: String,
     #[arg(long)]
     pub skip_cc: bool,
     #[arg(long)]
@@ -359,6 +368,7 @@ struct WorkerSpec<'a> {
     echo_secs: u32,
     bulk_warmup_secs: u32,
     bulk_secs: u32,
+    bulk_mode: &'a str,
 }
 
 impl WorkerSpec<'_> {
@@ -402,6 +412,7 @@ async fn worker(
         .args(["--echo-secs", &spec.echo_secs.to_string()])
         .args(["--bulk-warmup-secs", &spec.bulk_warmup_secs.to_string()])
         .args(["--bulk-secs", &spec.bulk_secs.to_string()])
+        .args(["--bulk-mode", spec.bulk_mode])
         .env_remove("RUST_LOG");
     let out = output(cmd, spec.limit(), stop).await?;
     ok_output("worker", &out)?;
@@ -640,6 +651,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Results> {
             link_seed: link.seed(),
             loadavg_start: loadavg(),
             matrix_congestion: args.matrix_congestion.clone(),
+            bulk_mode: args.bulk_mode.clone(),
             ..Meta::default()
         },
         plan: plan.clone(),
@@ -714,6 +726,7 @@ async fn measure(
                 echo_secs: plan.echo_secs,
                 bulk_warmup_secs: plan.bulk_warmup_secs,
                 bulk_secs: plan.bulk_secs,
+                bulk_mode: &args.bulk_mode,
             };
             let client = match worker(env, link, NetSide::A, &spec, stop).await {
                 Ok(c) => c,
@@ -790,6 +803,7 @@ async fn measure(
                     echo_secs: 0,
                     bulk_warmup_secs: plan.bulk_warmup_secs,
                     bulk_secs: plan.cc_bulk_secs,
+                    bulk_mode: &args.bulk_mode,
                 };
                 let client = worker(env, link, NetSide::A, &spec, stop)
                     .await
@@ -863,7 +877,7 @@ async fn loopback(env: &Env, link: &Link, plan: &Plan, stop: &Stop) -> anyhow::R
         env,
         link,
         &format!("127.0.0.1:{LOOPBACK_PORT}"),
-        "cubic",
+        DEFAULT_CONGESTION,
         "loopback",
         stop,
     )
@@ -873,7 +887,7 @@ async fn loopback(env: &Env, link: &Link, plan: &Plan, stop: &Stop) -> anyhow::R
         let spec = WorkerSpec {
             endpoint: format!("https://127.0.0.1:{LOOPBACK_PORT}"),
             transport,
-            congestion: "cubic",
+            congestion: DEFAULT_CONGESTION,
             phases: "rpc,bulk",
             rtt_ms: 0,
             connects: 0,
@@ -884,6 +898,7 @@ async fn loopback(env: &Env, link: &Link, plan: &Plan, stop: &Stop) -> anyhow::R
             echo_secs: 0,
             bulk_warmup_secs: 1,
             bulk_secs: plan.loopback_bulk_secs,
+            bulk_mode: "echo",
         };
         let cpu0 = gw.cpu_secs()?;
         let run = worker(env, link, NetSide::B, &spec, stop).await?;
@@ -940,7 +955,7 @@ async fn memory(
         env,
         link,
         &format!("127.0.0.1:{LOOPBACK_PORT}"),
-        "cubic",
+        DEFAULT_CONGESTION,
         &format!("memory-{transport}-{n}"),
         stop,
     )

@@ -76,7 +76,7 @@ pub struct Target {
     #[arg(long, value_enum)]
     pub transport: Transport,
     /// QUIC congestion controller of this (sending) end.
-    #[arg(long, default_value = "cubic")]
+    #[arg(long, default_value = "tolerant")]
     pub congestion: Congestion,
     /// Hedging of idempotent reads on QUIC (off, auto, always). With a policy other than
     /// off, the RPC phases also run without hedging first, on the same connection.
@@ -137,6 +137,20 @@ pub struct WorkerArgs {
     pub bulk_warmup_secs: u32,
     #[arg(long, default_value_t = 6)]
     pub bulk_secs: u32,
+    /// What the bulk phase moves: both ways through an echo tunnel, or one way.
+    #[arg(long, value_enum, default_value = "echo")]
+    pub bulk_mode: BulkMode,
+}
+
+/// Direction of the bulk phase's transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BulkMode {
+    /// Writes to an echo tunnel; goodput is what comes back (both directions loaded).
+    Echo,
+    /// Reads from the gateway's `source` target (the gateway sends).
+    Download,
+    /// Writes to the gateway's `sink` target; goodput is what its receipts count.
+    Upload,
 }
 
 /// Runs the phases and returns what they measured; phase failures land in `errors`.
@@ -461,13 +475,22 @@ async fn bulk_phase(
     out: &mut ClientRun,
 ) -> anyhow::Result<()> {
     let probe_io = open_echo(conn).await?;
-    let bulk_io = open_echo(conn).await?;
+    let target = match args.bulk_mode {
+        BulkMode::Echo => TunnelTarget::Echo,
+        BulkMode::Download => TunnelTarget::Source,
+        BulkMode::Upload => TunnelTarget::Sink,
+    };
+    let bulk_io = bounded("open tunnel", conn.open_tunnel(&target)).await?;
     let (mut rd, mut wr) = tokio::io::split(bulk_io);
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
+    let mode = args.bulk_mode;
     let writer = {
         let stop = stop.clone();
         tokio::spawn(async move {
+            if mode == BulkMode::Download {
+                return;
+            }
             let chunk = vec![0xabu8; BULK_CHUNK];
             while !stop.load(Ordering::Relaxed) {
                 if wr.write_all(&chunk).await.is_err() {
@@ -479,6 +502,14 @@ async fn bulk_phase(
     let reader = {
         let received = received.clone();
         tokio::spawn(async move {
+            if mode == BulkMode::Upload {
+                // The sink's receipts: running totals of what reached the gateway.
+                let mut total = [0u8; 8];
+                while rd.read_exact(&mut total).await.is_ok() {
+                    received.store(u64::from_be_bytes(total), Ordering::Relaxed);
+                }
+                return;
+            }
             let mut buf = vec![0u8; BULK_CHUNK];
             while let Ok(n) = rd.read(&mut buf).await {
                 if n == 0 {
