@@ -196,12 +196,12 @@ mod tests {
         tune(&mut cfg, &env(None, None)).unwrap();
         assert_eq!(
             (cfg.hedge, cfg.tuning.congestion),
-            (Hedge::Auto, Congestion::Cubic)
+            (Hedge::Auto, Congestion::Tolerant)
         );
-        tune(&mut cfg, &env(Some("off"), Some("tolerant"))).unwrap();
+        tune(&mut cfg, &env(Some("off"), Some("cubic"))).unwrap();
         assert_eq!(
             (cfg.hedge, cfg.tuning.congestion),
-            (Hedge::Off, Congestion::Tolerant)
+            (Hedge::Off, Congestion::Cubic)
         );
     }
 

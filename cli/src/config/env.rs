@@ -36,7 +36,7 @@ pub struct Env {
     /// are sent twice on a lossy QUIC path. Validated where a connection is configured.
     pub hedge: Option<String>,
     /// `OPENSHELL_CONGESTION` as given: the QUIC congestion controller of this end (it
-    /// governs uploads): `cubic` (default), `newreno`, `bbr` or `tolerant`.
+    /// governs uploads): `tolerant` (default), `cubic`, `newreno` or `bbr`.
     pub congestion: Option<String>,
     /// `OPENSHELL_NO_AGENT` = `1`/`true`/`yes`: connect directly even when a connection
     /// agent runs for the gateway (as `--no-agent`).

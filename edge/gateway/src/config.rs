@@ -107,7 +107,7 @@ pub struct Args {
     pub udp_buffer: usize,
 
     /// Congestion controller for data the gateway sends: cubic, newreno, bbr or tolerant.
-    #[arg(long, default_value = "cubic", env = "OPENSHELL_CONGESTION")]
+    #[arg(long, default_value = "tolerant", env = "OPENSHELL_CONGESTION")]
     pub congestion: Congestion,
 
     /// Compute driver: docker, podman, kubernetes or vm. Default: auto-detect (Kubernetes when
