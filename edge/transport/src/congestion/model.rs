@@ -685,7 +685,7 @@ mod tests {
         let mut now = start;
         while now < end {
             let elapsed = now - start;
-            if elapsed.as_micros() % 100_000 == 0 {
+            if elapsed.as_micros().is_multiple_of(100_000) {
                 estimates.push((elapsed, model.bandwidth()));
             }
             let loss = match path.burst {
