@@ -18,6 +18,14 @@ fn connector(gw: &Gateway, creds: &openshell_tests::ClientCreds, hint: PathHint)
     Connector::new(cfg).unwrap()
 }
 
+/// A connection as the ordinary user `alice`.
+async fn connect_alice(gw: &Gateway, pki: &TestPki, hint: PathHint) -> Connection {
+    connector(gw, &pki.client("alice", &[]), hint)
+        .connect()
+        .await
+        .unwrap()
+}
+
 async fn exercise_rpc_shapes(conn: &Connection) {
     let mut diag = DiagnosticsClient::new(conn.channel());
     // unary
@@ -195,10 +203,7 @@ async fn hedged_reads_answer_exactly_like_single_ones() {
 async fn unimplemented_rpcs_say_so() {
     let pki = TestPki::new();
     let gw = Gateway::builder().pki(pki.dir()).spawn();
-    let conn = connector(&gw, &pki.client("alice", &[]), PathHint::QuicOnly)
-        .connect()
-        .await
-        .unwrap();
+    let conn = connect_alice(&gw, &pki, PathHint::QuicOnly).await;
     let err = OpenShellClient::new(conn.channel())
         .get_inference(openshell_proto::GetInferenceRequest::default())
         .await
@@ -210,10 +215,7 @@ async fn unimplemented_rpcs_say_so() {
 async fn thousand_concurrent_rpcs_share_one_connection() {
     let pki = TestPki::new();
     let gw = Gateway::builder().pki(pki.dir()).health().spawn();
-    let conn = connector(&gw, &pki.client("alice", &[]), PathHint::QuicOnly)
-        .connect()
-        .await
-        .unwrap();
+    let conn = connect_alice(&gw, &pki, PathHint::QuicOnly).await;
     let calls = (0..1000u32).map(|i| {
         ping_echoes(
             DiagnosticsClient::new(conn.channel()),
@@ -295,10 +297,7 @@ async fn rpcs_keep_flowing_while_a_tunnel_moves_100_mib() {
     let pki = TestPki::new();
     let gw = Gateway::builder().pki(pki.dir()).spawn();
     for hint in [PathHint::QuicOnly, PathHint::TcpOnly] {
-        let conn = connector(&gw, &pki.client("alice", &[]), hint)
-            .connect()
-            .await
-            .unwrap();
+        let conn = connect_alice(&gw, &pki, hint).await;
         let tunnel = conn.open_tunnel(&TunnelTarget::Echo).await.unwrap();
         let transfer = tokio::spawn(echo_transfer(tunnel, 100 << 20, None));
         let mut diag = DiagnosticsClient::new(conn.channel());
@@ -325,10 +324,7 @@ async fn source_sends_its_pattern_and_sink_counts_what_arrived() {
     let pki = TestPki::new();
     let gw = Gateway::builder().pki(pki.dir()).spawn();
     for hint in [PathHint::QuicOnly, PathHint::TcpOnly] {
-        let conn = connector(&gw, &pki.client("alice", &[]), hint)
-            .connect()
-            .await
-            .unwrap();
+        let conn = connect_alice(&gw, &pki, hint).await;
         // source: the byte at offset i is i mod 256 (a 64 KiB pattern, endlessly).
         let mut source = conn.open_tunnel(&TunnelTarget::Source).await.unwrap();
         let mut got = vec![0u8; 3 << 20];
@@ -386,10 +382,7 @@ async fn tunnel_targets_are_chosen_by_the_gateway() {
         .arg(&format!("db={svc_addr}"))
         .spawn();
     for hint in [PathHint::QuicOnly, PathHint::TcpOnly] {
-        let conn = connector(&gw, &pki.client("alice", &[]), hint)
-            .connect()
-            .await
-            .unwrap();
+        let conn = connect_alice(&gw, &pki, hint).await;
         let err = conn
             .open_tunnel(&TunnelTarget::Service("nope".into()))
             .await
@@ -409,10 +402,7 @@ async fn tunnel_targets_are_chosen_by_the_gateway() {
             "{err}"
         );
     }
-    let conn = connector(&gw, &pki.client("alice", &[]), PathHint::QuicOnly)
-        .connect()
-        .await
-        .unwrap();
+    let conn = connect_alice(&gw, &pki, PathHint::QuicOnly).await;
     let mut t = conn
         .open_tunnel(&TunnelTarget::Service("db".into()))
         .await
@@ -472,10 +462,7 @@ async fn mtls_rejection_matrix() {
         );
     }
     // The gateway kept serving the good client throughout.
-    let conn = connector(&gw, &pki.client("alice", &[]), PathHint::QuicOnly)
-        .connect()
-        .await
-        .unwrap();
+    let conn = connect_alice(&gw, &pki, PathHint::QuicOnly).await;
     OpenShellClient::new(conn.channel())
         .health(HealthRequest {})
         .await
@@ -533,10 +520,7 @@ async fn falls_back_to_tcp_when_udp_is_unbound_or_blackholed() {
 async fn connection_migrates_mid_transfer() {
     let pki = TestPki::new();
     let gw = Gateway::builder().pki(pki.dir()).spawn();
-    let conn = connector(&gw, &pki.client("alice", &[]), PathHint::QuicOnly)
-        .connect()
-        .await
-        .unwrap();
+    let conn = connect_alice(&gw, &pki, PathHint::QuicOnly).await;
     let tunnel = conn.open_tunnel(&TunnelTarget::Echo).await.unwrap();
     let (mid_tx, mid_rx) = tokio::sync::oneshot::channel();
     let transfer = tokio::spawn(echo_transfer(tunnel, 32 << 20, Some(mid_tx)));

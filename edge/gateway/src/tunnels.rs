@@ -214,24 +214,22 @@ fn echo() -> BoxIo {
     Box::new(client)
 }
 
-/// Chunk the `source` target writes.
-const SOURCE_CHUNK: usize = 64 * 1024;
+/// Write size of the `source` target and read buffer of the `sink` target.
+const BENCH_CHUNK: usize = 64 * 1024;
 /// The `sink` target reports its total at most this often (and once more at the end).
 const SINK_RECEIPT_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// An in-process source: bytes as fast as the client takes them, until it goes away.
 /// Whatever the client writes is read and dropped.
 fn source() -> BoxIo {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let (client, server) = tokio::io::duplex(ECHO_BUFFER);
     tokio::spawn(async move {
         let (mut rd, mut wr) = tokio::io::split(server);
-        let drain = async move {
-            let mut buf = vec![0u8; SOURCE_CHUNK];
-            while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
-        };
+        let mut discard = tokio::io::sink();
+        let drain = tokio::io::copy(&mut rd, &mut discard);
         let fill = async move {
-            let chunk: Vec<u8> = (0..SOURCE_CHUNK).map(|i| i as u8).collect();
+            let chunk: Vec<u8> = (0..BENCH_CHUNK).map(|i| i as u8).collect();
             while wr.write_all(&chunk).await.is_ok() {}
         };
         tokio::select! {
@@ -249,7 +247,7 @@ fn sink() -> BoxIo {
     let (client, server) = tokio::io::duplex(ECHO_BUFFER);
     tokio::spawn(async move {
         let (mut rd, mut wr) = tokio::io::split(server);
-        let mut buf = vec![0u8; SOURCE_CHUNK];
+        let mut buf = vec![0u8; BENCH_CHUNK];
         let mut total: u64 = 0;
         let mut last = std::time::Instant::now();
         loop {

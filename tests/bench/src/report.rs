@@ -300,11 +300,7 @@ pub fn markdown(r: &Results) -> String {
         m.link_seed,
         m.tcp_congestion,
         m.matrix_congestion,
-        if m.bulk_mode == "upload" {
-            "one way (client to gateway)"
-        } else {
-            "both ways through an echo tunnel"
-        }
+        m.bulk_description()
     );
 
     let _ = writeln!(s, "### Targets\n");

@@ -236,11 +236,24 @@ fn echo_mode() -> String {
 impl Meta {
     /// The direction a matrix goodput figure counts, for table headings.
     pub fn bulk_direction(&self) -> &'static str {
-        if self.bulk_mode == "upload" {
+        if self.uploads() {
             "client to gateway"
         } else {
             "each direction"
         }
+    }
+
+    /// What the bulk phases moved, in words.
+    pub fn bulk_description(&self) -> &'static str {
+        if self.uploads() {
+            "one way (client to gateway)"
+        } else {
+            "both ways through an echo tunnel"
+        }
+    }
+
+    fn uploads(&self) -> bool {
+        self.bulk_mode == "upload"
     }
 }
 

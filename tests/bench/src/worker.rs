@@ -485,12 +485,10 @@ async fn bulk_phase(
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let mode = args.bulk_mode;
-    let writer = {
+    // A download only reads: nothing to write.
+    let writer = (mode != BulkMode::Download).then(|| {
         let stop = stop.clone();
         tokio::spawn(async move {
-            if mode == BulkMode::Download {
-                return;
-            }
             let chunk = vec![0xabu8; BULK_CHUNK];
             while !stop.load(Ordering::Relaxed) {
                 if wr.write_all(&chunk).await.is_err() {
@@ -498,7 +496,7 @@ async fn bulk_phase(
                 }
             }
         })
-    };
+    });
     let reader = {
         let received = received.clone();
         tokio::spawn(async move {
@@ -534,7 +532,9 @@ async fn bulk_phase(
     };
     let (probe, (b1, s1, took)) = tokio::join!(echo_probe(probe_io, args.bulk_secs), measure);
     stop.store(true, Ordering::Relaxed);
-    writer.abort();
+    if let Some(writer) = writer {
+        writer.abort();
+    }
     reader.abort();
     out.bulk_bytes = b1 - b0;
     out.bulk_secs = took.as_secs_f64();
