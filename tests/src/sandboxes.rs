@@ -9,8 +9,29 @@ use std::time::Duration;
 
 use crate::{CliUser, Gateway};
 
-/// The sandbox image the black-box tests build (with the supervisor of this build).
-pub const IMAGE: &str = "openshell-test/sandbox:e2e";
+/// The sandbox image the black-box tests build (with the supervisor of this build):
+/// `openshell-test/sandbox:e2e`, or `...:e2e-SUFFIX` with `OPENSHELL_TEST_IMAGE_SUFFIX` set,
+/// so two work trees testing different supervisors on one engine do not rebuild each
+/// other's image mid-test.
+pub fn image() -> &'static str {
+    test_image("e2e")
+}
+
+/// The tag `openshell-test/sandbox:KIND`, suffixed as [`image`] explains.
+pub fn test_image(kind: &str) -> &'static str {
+    static TAGS: std::sync::Mutex<Vec<(String, &'static str)>> = std::sync::Mutex::new(Vec::new());
+    let mut tags = TAGS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, tag)) = tags.iter().find(|(k, _)| k == kind) {
+        return tag;
+    }
+    let tag = match std::env::var("OPENSHELL_TEST_IMAGE_SUFFIX") {
+        Ok(s) if !s.is_empty() => format!("openshell-test/sandbox:{kind}-{s}"),
+        _ => format!("openshell-test/sandbox:{kind}"),
+    };
+    let tag: &'static str = Box::leak(tag.into_boxed_str());
+    tags.push((kind.to_string(), tag));
+    tag
+}
 
 /// A container runtime the gateway drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +56,7 @@ pub fn build_image(runtime: Runtime) {
     let target_dir: PathBuf = bin.parent().unwrap().parent().unwrap().to_path_buf();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = Command::new(repo.join("scripts/build-sandbox-image"))
-        .args(["--runtime", runtime.name(), "--tag", IMAGE])
+        .args(["--runtime", runtime.name(), "--tag", image()])
         .env("CARGO_TARGET_DIR", &target_dir)
         .current_dir(&repo)
         .output()
@@ -177,7 +198,7 @@ impl SandboxEnv {
             .arg("--drivers")
             .arg(self.runtime.name())
             .arg("--sandbox-image")
-            .arg(IMAGE)
+            .arg(image())
             .arg("--gateway-id")
             .arg(&self.id)
             .arg("--shutdown-grace")

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use openshell_tests::sandboxes::IMAGE;
+use openshell_tests::sandboxes::image;
 use openshell_tests::{SandboxEnv, assert_eventually};
 
 #[test]
@@ -205,8 +205,8 @@ fn sandbox_lifecycle_on_docker() {
         .args(["--label", &format!("openshell.gateway={}", s.id)])
         .args(["--label", "openshell.sandbox-id=orphan-1"])
         .args(["--label", "openshell.sandbox-name=orphan"])
-        .args(["--label", &format!("openshell.image={IMAGE}")])
-        .args([IMAGE, "sh", "-c", "sleep 600"])
+        .args(["--label", &format!("openshell.image={}", image())])
+        .args([image(), "sh", "-c", "sleep 600"])
         .output()
         .unwrap();
     assert!(

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use openshell_tests::{CliUser, Gateway, assert_eventually};
 
-const IMAGE: &str = "openshell-test/sandbox:vm";
-
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -67,7 +65,12 @@ fn build_artifacts() {
     let bin = openshell_tests::bin("openshell-sandbox");
     let target_dir: PathBuf = bin.parent().unwrap().parent().unwrap().to_path_buf();
     let out = Command::new(repo().join("scripts/build-sandbox-image"))
-        .args(["--runtime", "docker", "--tag", IMAGE])
+        .args([
+            "--runtime",
+            "docker",
+            "--tag",
+            openshell_tests::sandboxes::test_image("vm"),
+        ])
         .env("CARGO_TARGET_DIR", &target_dir)
         .current_dir(repo())
         .output()
@@ -142,7 +145,7 @@ impl Setup {
             .arg("--vm-state-dir")
             .arg(self.vm_dir.to_str().unwrap())
             .arg("--sandbox-image")
-            .arg(IMAGE)
+            .arg(openshell_tests::sandboxes::test_image("vm"))
             .arg("--shutdown-grace")
             .arg("1s");
         for a in extra {
@@ -450,7 +453,7 @@ async fn vm_driver_exit_codes_persistence_and_ownership() {
                 .into(),
         ],
         env: [("GREETING".into(), "hello 'vm'".into())].into(),
-        ..SandboxSpec::new(IMAGE)
+        ..SandboxSpec::new(openshell_tests::sandboxes::test_image("vm"))
     };
     let mut events = driver.watch().await.unwrap();
     let st = driver.create(&id, &name, &spec).await.unwrap();
