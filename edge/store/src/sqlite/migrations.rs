@@ -19,10 +19,11 @@ pub(super) struct Migration {
     pub(super) sql: &'static str,
 }
 
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "objects",
-    sql: "
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "objects",
+        sql: "
         CREATE TABLE objects (
             id               TEXT    NOT NULL PRIMARY KEY,
             kind             TEXT    NOT NULL,
@@ -42,7 +43,23 @@ pub(super) const MIGRATIONS: &[Migration] = &[Migration {
         ) STRICT;
         INSERT INTO counters (name, value) VALUES ('resource_version', 0);
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "owners",
+        // Ownership came with authorization: every sandbox and provider records its owner in
+        // the label `openshell.io/owner` (the gateway reserves the `openshell.io/` prefix).
+        // Objects from before have none; they become the admins' (`system:admins`), so no user
+        // gains access to something created before roles were enforced. A backfill of the
+        // labels only: payloads, versions and timestamps stay as they were.
+        sql: r#"
+        UPDATE objects
+           SET labels = json_set(labels, '$."openshell.io/owner"', 'system:admins')
+         WHERE kind IN ('sandbox', 'provider')
+           AND json_extract(labels, '$."openshell.io/owner"') IS NULL;
+    "#,
+    },
+];
 
 /// Who applies migrations, recorded so a refusal can say which binary wrote the schema.
 fn this_binary() -> String {
@@ -137,6 +154,57 @@ pub(super) fn apply(conn: &mut Connection, path: &Path) -> Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A database written before migration 2 (its objects have no owner) is opened by the
+    /// current code: sandboxes and providers become the admins', other kinds and objects
+    /// that already name an owner are untouched.
+    #[test]
+    fn objects_from_before_ownership_become_the_admins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(MIGRATIONS[0].sql).unwrap();
+            tx.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER NOT NULL PRIMARY KEY,
+                    name TEXT NOT NULL, applied_at_ms INTEGER NOT NULL,
+                    applied_by TEXT NOT NULL) STRICT;
+                 INSERT INTO schema_migrations VALUES (1, 'objects', 0, 'openshell 0.1.0');
+                 INSERT INTO objects VALUES
+                    ('1', 'sandbox', 'old-box', '{\"team\":\"a\"}', x'00', 1, 0, 0),
+                    ('2', 'provider', 'old-key', '{}', x'00', 2, 0, 0),
+                    ('3', 'sandbox_policy', 'p', '{}', x'00', 3, 0, 0),
+                    ('4', 'sandbox', 'mine', '{\"openshell.io/owner\":\"alice\"}', x'00', 4, 0, 0);
+                 UPDATE counters SET value = 4;",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let mut conn = Connection::open(&path).unwrap();
+        assert_eq!(apply(&mut conn, &path).unwrap(), 2);
+        let labels = |name: &str| -> String {
+            conn.query_row("SELECT labels FROM objects WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        let owner = |name: &str| -> Option<String> {
+            let v: serde_json::Value = serde_json::from_str(&labels(name)).unwrap();
+            v.get("openshell.io/owner")
+                .map(|o| o.as_str().unwrap().to_string())
+        };
+        assert_eq!(owner("old-box").as_deref(), Some("system:admins"));
+        assert!(
+            labels("old-box").contains("\"team\":\"a\""),
+            "other labels kept"
+        );
+        assert_eq!(owner("old-key").as_deref(), Some("system:admins"));
+        assert_eq!(owner("p"), None, "only sandboxes and providers have owners");
+        assert_eq!(owner("mine").as_deref(), Some("alice"));
+        // Applying again changes nothing.
+        assert_eq!(apply(&mut conn, &path).unwrap(), 2);
+    }
 
     #[test]
     fn versions_are_contiguous_from_one() {
