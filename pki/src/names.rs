@@ -189,7 +189,13 @@ pub fn check_user(user: &str) -> Result<(), PkiError> {
     Ok(())
 }
 
-/// A role (one OU). `sandbox` is reserved for supervisor credentials.
+/// The roles a gateway grants rights to (`admin`, `user`, `viewer`), plus `edge-proxy`
+/// for an authenticating reverse proxy allowed to name users. A gateway refuses a
+/// certificate naming any other role, so a typo is caught here, before issuing.
+pub const KNOWN_ROLES: &[&str] = &["admin", "user", "viewer", "edge-proxy"];
+
+/// A role (one OU): one of [`KNOWN_ROLES`]. `sandbox` is reserved for supervisor
+/// credentials.
 pub fn check_role(role: &str) -> Result<(), PkiError> {
     check_dn_value("role", role)?;
     if role == SANDBOX_OU {
@@ -197,6 +203,13 @@ pub fn check_role(role: &str) -> Result<(), PkiError> {
             what: "role",
             input: role.to_string(),
             why: "'sandbox' is reserved for sandbox credentials".into(),
+        });
+    }
+    if !KNOWN_ROLES.contains(&role) {
+        return Err(PkiError::InvalidName {
+            what: "role",
+            input: role.to_string(),
+            why: format!("gateways know the roles {}", KNOWN_ROLES.join(", ")),
         });
     }
     Ok(())
@@ -290,6 +303,11 @@ mod tests {
         assert!(check_user(&"a".repeat(65)).is_err());
         assert!(check_role("sandbox").is_err());
         check_role("admin").unwrap();
+        check_role("edge-proxy").unwrap();
+        assert!(
+            check_role("admn").is_err(),
+            "a typo is refused before issuing"
+        );
         check_sandbox_id("sb-1.a_b").unwrap();
         assert!(check_sandbox_id("a/b").is_err());
         assert!(check_sandbox_id("").is_err());

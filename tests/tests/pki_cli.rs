@@ -234,7 +234,7 @@ fn issue_writes_bundles_and_gateway_credentials_and_guards_valid_ones() {
         "--role",
         "admin",
         "--role",
-        "dev",
+        "viewer",
         "--bundle",
         "alice.pem",
     ]);
