@@ -47,6 +47,11 @@ pub struct Args {
     #[arg(long, env = "OPENSHELL_DISABLE_TLS")]
     pub disable_tls: bool,
 
+    /// Audit log: one JSON line per change, tunnel and refusal (0600, rotated at 16 MiB,
+    /// five old files kept). Default: <state-dir>/audit.log.
+    #[arg(long, env = "OPENSHELL_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+
     /// Plain-HTTP listener for /healthz, /readyz and Prometheus /metrics (off by default).
     #[arg(long, env = "OPENSHELL_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
@@ -335,6 +340,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub listeners: Listeners,
     pub state_dir: PathBuf,
+    /// Where audit lines go (`<state-dir>/audit.log` unless `--audit-log`).
+    pub audit_log: PathBuf,
     /// `None` = plaintext (loopback only).
     pub tls: Option<TlsPaths>,
     pub health_listen: Option<SocketAddr>,
@@ -423,6 +430,9 @@ impl Args {
         Ok(GatewayConfig {
             listen: self.listen,
             listeners,
+            audit_log: self
+                .audit_log
+                .unwrap_or_else(|| state_dir.join("audit.log")),
             state_dir: state_dir.clone(),
             tls,
             health_listen: self.health_listen,

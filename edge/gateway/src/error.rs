@@ -27,6 +27,9 @@ pub enum GatewayError {
     },
     #[error("{0}")]
     Precondition(String),
+    /// The caller's roles lack a right (the text names it: "role viewer cannot ...").
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Driver(#[from] openshell_drivers::DriverError),
     #[error("internal error: {0}")]
@@ -40,6 +43,7 @@ impl From<GatewayError> for Status {
             GatewayError::NotFound(what) => Status::not_found(format!("{what} not found")),
             GatewayError::InvalidArgument(m) => Status::invalid_argument(m),
             GatewayError::Precondition(m) => Status::failed_precondition(m),
+            GatewayError::Forbidden(m) => Status::permission_denied(m),
             GatewayError::Driver(d) => {
                 use openshell_drivers::DriverError as D;
                 let text = d.to_string();

@@ -5,7 +5,9 @@
 //! (`tunnels`), the health listener, metrics and the TLS reload loop. Does not own: the
 //! wire (`openshell-transport`), storage (`openshell-store`), certificates (`openshell-pki`).
 
+pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod compute;
 pub mod config;
 mod error;
@@ -67,6 +69,21 @@ pub async fn run(
         &config.state_dir,
     )?);
     let revocations = Arc::new(auth::Revocations::default());
+    // A missing directory for the audit log is made private; an existing one (the state
+    // directory, or one the operator chose such as /var/log/openshell) is left as it is.
+    if let Some(dir) = config
+        .audit_log
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        openshell_pki::fs::ensure_private_dir(dir)?;
+    }
+    let audit = Arc::new(audit::AuditLog::open(&config.audit_log).map_err(|e| {
+        GatewayError::Config(format!(
+            "cannot open the audit log {}: {e} (choose another --audit-log)",
+            config.audit_log.display()
+        ))
+    })?);
     let mut trust_change = None;
     let tls = match &config.tls {
         Some(paths) => {
@@ -152,6 +169,7 @@ pub async fn run(
             tls: tls.is_some(),
             revocations: revocations.clone(),
             metrics: rpc_metrics.clone(),
+            audit: audit.clone(),
         },
     );
     let tunnels = Arc::new(tunnels::Tunnels {
@@ -160,6 +178,7 @@ pub async fn run(
         revocations: revocations.clone(),
         sandboxes,
         relays,
+        audit,
     });
     let server = Server::bind(server_config, grpc, tunnels).await?;
     let addr = server.local_addr();

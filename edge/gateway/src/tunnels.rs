@@ -12,7 +12,9 @@ use futures::future::BoxFuture;
 use http::{HeaderMap, StatusCode};
 use openshell_transport::{BoxIo, RequestContext, TunnelRefusal, TunnelService, TunnelTarget};
 
-use crate::auth::Revocations;
+use crate::audit::{AuditLog, Outcome};
+use crate::auth::{Caller, Revocations};
+use crate::authz::{Action, Denial};
 use crate::relays::{RELAY_TIMEOUT, Relays};
 use crate::services::sandboxes::Sandboxes;
 
@@ -30,6 +32,7 @@ pub struct Tunnels {
     pub revocations: Arc<Revocations>,
     pub sandboxes: Arc<Sandboxes>,
     pub relays: Arc<Relays>,
+    pub audit: Arc<AuditLog>,
 }
 
 impl TunnelService for Tunnels {
@@ -41,13 +44,16 @@ impl TunnelService for Tunnels {
         let decision = self.decide(&ctx, &headers);
         let sandboxes = self.sandboxes.clone();
         let relays = self.relays.clone();
+        let audit = self.audit.clone();
         Box::pin(async move {
-            match decision? {
+            let (route, caller, target) = decision?;
+            let opened = match route {
                 Route::Echo => Ok(echo()),
                 Route::Source => Ok(source()),
                 Route::Sink => Ok(sink()),
-                Route::Sandbox(name, target, port) => {
-                    to_sandbox(&sandboxes, &relays, &name, target, port).await
+                Route::Sandbox(name, kind, port) => {
+                    let caller = caller.as_ref().expect("user tunnels have a caller");
+                    to_sandbox(&sandboxes, &relays, caller, &name, kind, port).await
                 }
                 Route::Relay(id, sandbox) => {
                     let deliver = relays
@@ -57,22 +63,35 @@ impl TunnelService for Tunnels {
                     deliver.send(Ok(Box::new(user_side))).map_err(|_| {
                         TunnelRefusal::new(StatusCode::GONE, format!("relay '{id}' was abandoned"))
                     })?;
-                    Ok(Box::new(supervisor_side) as BoxIo)
+                    return Ok(Box::new(supervisor_side) as BoxIo);
                 }
-                Route::Dial(name, addr) => {
-                    let stream = tokio::net::TcpStream::connect(&addr).await.map_err(|e| {
-                        TunnelRefusal::new(
-                            StatusCode::BAD_GATEWAY,
-                            format!("tunnel target '{name}' is unreachable: {e}"),
-                        )
-                    })?;
-                    let _ = stream.set_nodelay(true);
-                    Ok(Box::new(stream) as BoxIo)
-                }
+                Route::Dial(name, addr) => match tokio::net::TcpStream::connect(&addr).await {
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        Ok(Box::new(stream) as BoxIo)
+                    }
+                    Err(e) => Err(TunnelRefusal::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("tunnel target '{name}' is unreachable: {e}"),
+                    )),
+                },
+            };
+            // Users' tunnels are audited with their outcome; relay streams (the other half
+            // of a user's tunnel) are not, or every tunnel would appear twice.
+            if let Some(c) = &caller {
+                let (result, reason) = match &opened {
+                    Ok(_) => (Outcome::Ok, String::new()),
+                    Err(r) => (Outcome::Error, r.reason.clone()),
+                };
+                audit.record(&c.audit_event(TUNNEL_ACTION, &target, result, &reason));
             }
+            opened
         })
     }
 }
+
+/// The action name of tunnels in audit lines.
+const TUNNEL_ACTION: &str = "tunnel.open";
 
 enum Route {
     Echo,
@@ -89,15 +108,17 @@ enum Route {
 async fn to_sandbox(
     sandboxes: &Sandboxes,
     relays: &Relays,
+    caller: &Caller,
     name: &str,
     target: openshell_proto::relay_open::Target,
     port: u32,
 ) -> Result<BoxIo, TunnelRefusal> {
     use openshell_proto::{GatewayMessage, RelayOpen, gateway_message};
-    let reach = sandboxes.reachable(name).await.map_err(|e| {
+    let reach = sandboxes.reachable(caller, name).await.map_err(|e| {
         let status = match &e {
             crate::GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             crate::GatewayError::Precondition(_) => StatusCode::CONFLICT,
+            crate::GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let reason = match e {
@@ -146,7 +167,15 @@ async fn to_sandbox(
 }
 
 impl Tunnels {
-    fn decide(&self, ctx: &RequestContext, headers: &HeaderMap) -> Result<Route, TunnelRefusal> {
+    /// Authenticates the caller, checks the role's right to the kind of tunnel, and picks
+    /// the route. Ownership of a sandbox is checked when it is looked up (`to_sandbox`).
+    /// Refusals are audited here; opened tunnels when their outcome is known.
+    #[allow(clippy::type_complexity)]
+    fn decide(
+        &self,
+        ctx: &RequestContext,
+        headers: &HeaderMap,
+    ) -> Result<(Route, Option<Caller>, String), TunnelRefusal> {
         let target = TunnelTarget::from_headers(headers).ok_or_else(|| {
             TunnelRefusal::new(
                 StatusCode::BAD_REQUEST,
@@ -156,13 +185,15 @@ impl Tunnels {
                 ),
             )
         })?;
-        // Tunnels are authorized like RPCs: the same certificate checks apply. Relay streams
-        // are the supervisors' (sandbox credentials only); every other target is for users.
+        let shown = target.to_string();
+        // Tunnels are authenticated like RPCs: the same certificate checks apply. Relay
+        // streams are the supervisors' (sandbox credentials only); every other target is
+        // for users.
         let path = match target {
             TunnelTarget::Relay(_) => RELAY_PATH,
             _ => "/openshell.v1.Tunnel/Open",
         };
-        let caller = crate::auth::authorize(
+        let caller = crate::auth::authenticate(
             path,
             headers,
             Some(ctx),
@@ -170,36 +201,64 @@ impl Tunnels {
             &self.revocations,
             std::time::SystemTime::now(),
         )
-        .map_err(|s| TunnelRefusal::new(StatusCode::FORBIDDEN, s.message()))?;
-        tracing::info!(%target, "tunnel requested");
+        .map_err(|r| {
+            self.audit
+                .record(&r.audit_event(Some(ctx.conn.peer), TUNNEL_ACTION, &shown));
+            TunnelRefusal::new(StatusCode::FORBIDDEN, r.status.message())
+        })?;
+        tracing::info!(target = %shown, "tunnel requested");
         use openshell_proto::relay_open::Target;
-        match target {
-            TunnelTarget::Echo => Ok(Route::Echo),
-            TunnelTarget::Source => Ok(Route::Source),
-            TunnelTarget::Sink => Ok(Route::Sink),
-            TunnelTarget::Service(name) => match self.services.get(&name) {
-                Some(addr) => Ok(Route::Dial(name, addr.clone())),
-                None => Err(TunnelRefusal::new(
-                    StatusCode::NOT_FOUND,
-                    format!("no tunnel target named '{name}' is registered on this gateway"),
-                )),
-            },
-            TunnelTarget::SandboxSsh(name) => Ok(Route::Sandbox(name, Target::Ssh, 0)),
-            TunnelTarget::SandboxPort(name, port) => {
-                Ok(Route::Sandbox(name, Target::Tcp, u32::from(port)))
-            }
-            TunnelTarget::Relay(id) => {
-                let sandbox = caller
-                    .and_then(|c| c.0.sandbox_id().map(str::to_string))
-                    .ok_or_else(|| {
-                        TunnelRefusal::new(
-                            StatusCode::FORBIDDEN,
-                            "relay streams are for sandbox supervisors only",
-                        )
-                    })?;
-                Ok(Route::Relay(id, sandbox))
-            }
+        if let TunnelTarget::Relay(id) = target {
+            let sandbox = caller
+                .and_then(|c| c.sandbox_id().map(str::to_string))
+                .ok_or_else(|| {
+                    TunnelRefusal::new(
+                        StatusCode::FORBIDDEN,
+                        "relay streams are for sandbox supervisors only",
+                    )
+                })?;
+            return Ok((Route::Relay(id, sandbox), None, shown));
         }
+        let caller = caller.ok_or_else(|| {
+            TunnelRefusal::new(
+                StatusCode::FORBIDDEN,
+                "tunnels need an authenticated caller",
+            )
+        })?;
+        let action = match target {
+            TunnelTarget::SandboxSsh(_) | TunnelTarget::SandboxPort(..) => Action::ReachSandbox,
+            _ => Action::OpenServiceTunnel,
+        };
+        if let Err(Denial::Forbidden(m)) = caller.may(action, None) {
+            self.audit
+                .record(&caller.audit_event(TUNNEL_ACTION, &shown, Outcome::Denied, &m));
+            return Err(TunnelRefusal::new(StatusCode::FORBIDDEN, m));
+        }
+        let route = match target {
+            TunnelTarget::Echo => Route::Echo,
+            TunnelTarget::Source => Route::Source,
+            TunnelTarget::Sink => Route::Sink,
+            TunnelTarget::Service(name) => match self.services.get(&name) {
+                Some(addr) => Route::Dial(name, addr.clone()),
+                None => {
+                    let reason =
+                        format!("no tunnel target named '{name}' is registered on this gateway");
+                    self.audit.record(&caller.audit_event(
+                        TUNNEL_ACTION,
+                        &shown,
+                        Outcome::Error,
+                        &reason,
+                    ));
+                    return Err(TunnelRefusal::new(StatusCode::NOT_FOUND, reason));
+                }
+            },
+            TunnelTarget::SandboxSsh(name) => Route::Sandbox(name, Target::Ssh, 0),
+            TunnelTarget::SandboxPort(name, port) => {
+                Route::Sandbox(name, Target::Tcp, u32::from(port))
+            }
+            TunnelTarget::Relay(_) => unreachable!("handled above"),
+        };
+        Ok((route, Some(caller), shown))
     }
 }
 

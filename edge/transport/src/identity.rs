@@ -49,11 +49,14 @@ impl Principal {
     /// Reads the principal from the end-entity certificate of a verified chain.
     pub fn from_certificate(cert: &CertificateDer<'_>) -> Option<Principal> {
         let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
+        // A certificate without a common name still identifies a connection (its serial can
+        // be revoked); its empty subject is refused by the gateway with a message saying so.
         let subject = parsed
             .subject()
             .iter_common_name()
             .next()
-            .and_then(|cn| cn.as_str().ok())?
+            .and_then(|cn| cn.as_str().ok())
+            .unwrap_or_default()
             .to_string();
         let roles = parsed
             .subject()

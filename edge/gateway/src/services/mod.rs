@@ -2,6 +2,7 @@
 
 pub mod diagnostics;
 pub mod openshell;
+pub mod owners;
 pub mod providers;
 pub mod sandboxes;
 pub mod supervisor;

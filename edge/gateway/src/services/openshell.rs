@@ -12,13 +12,12 @@ use openshell_proto::{
     Principal as WirePrincipal, Provider, Sandbox, ServingStatus, StartSandboxRequest,
     StopSandboxRequest, UpdateProviderRequest,
 };
-use openshell_store::{LabelSelector, Precondition};
 
 use super::providers;
 use openshell_transport::RequestContext;
 use tonic::{Request, Response, Status};
 
-use crate::auth::Caller;
+use crate::auth::{AuditTarget, Caller};
 
 /// Facts about this gateway that RPCs report.
 #[derive(Debug, Clone)]
@@ -37,7 +36,7 @@ pub struct OpenShellService {
 }
 
 pub(crate) fn wire_principal(c: &Caller) -> WirePrincipal {
-    let p = &c.0;
+    let p = &c.principal;
     WirePrincipal {
         subject: p.subject.clone(),
         roles: p.roles.clone(),
@@ -51,10 +50,18 @@ pub(crate) fn wire_principal(c: &Caller) -> WirePrincipal {
     }
 }
 
-fn caller<T>(req: &Request<T>) -> Result<&Caller, Status> {
+fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
     req.extensions()
         .get::<Caller>()
+        .cloned()
         .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+}
+
+/// Names the object of a mutating request in its audit line.
+fn audit_target<T>(req: &Request<T>, target: String) {
+    if let Some(t) = req.extensions().get::<AuditTarget>() {
+        t.set(target);
+    }
 }
 
 impl OpenShellService {
@@ -82,7 +89,7 @@ impl OpenShell for OpenShellService {
         &self,
         req: Request<GetGatewayInfoRequest>,
     ) -> Result<Response<GatewayInfo>, Status> {
-        let caller = caller(&req)?.clone();
+        let caller = caller(&req)?;
         let ctx = req.extensions().get::<RequestContext>();
         Ok(Response::new(GatewayInfo {
             gateway: self.facts.get().map(|f| f.name.clone()).unwrap_or_default(),
@@ -106,14 +113,16 @@ impl OpenShell for OpenShellService {
         &self,
         req: Request<GetCurrentUserRequest>,
     ) -> Result<Response<WirePrincipal>, Status> {
-        Ok(Response::new(wire_principal(caller(&req)?)))
+        Ok(Response::new(wire_principal(&caller(&req)?)))
     }
 
     async fn create_provider(
         &self,
         req: Request<CreateProviderRequest>,
     ) -> Result<Response<Provider>, Status> {
-        let p = providers::create(&*self.store, &self.secrets, req.into_inner()).await?;
+        let caller = caller(&req)?;
+        audit_target(&req, format!("provider/{}", req.get_ref().name));
+        let p = providers::create(&*self.store, &self.secrets, &caller, req.into_inner()).await?;
         tracing::info!(provider = %p.meta.as_ref().map(|m| m.name.as_str()).unwrap_or(""), "provider created");
         Ok(Response::new(p))
     }
@@ -122,8 +131,9 @@ impl OpenShell for OpenShellService {
         &self,
         req: Request<GetProviderRequest>,
     ) -> Result<Response<Provider>, Status> {
+        let caller = caller(&req)?;
         Ok(Response::new(
-            providers::get(&*self.store, &req.into_inner().name).await?,
+            providers::get(&*self.store, &caller, &req.into_inner().name).await?,
         ))
     }
 
@@ -131,22 +141,10 @@ impl OpenShell for OpenShellService {
         &self,
         req: Request<ListProvidersRequest>,
     ) -> Result<Response<ListProvidersResponse>, Status> {
+        let caller = caller(&req)?;
         let req = req.into_inner();
         let limit = (req.limit > 0).then_some(req.limit as usize);
-        let objs = self
-            .store
-            .list(
-                &providers::KIND,
-                &LabelSelector::everything(),
-                limit,
-                req.offset as usize,
-            )
-            .await
-            .map_err(crate::GatewayError::from)?;
-        let providers = objs
-            .iter()
-            .map(providers::to_wire)
-            .collect::<Result<Vec<_>, _>>()?;
+        let providers = providers::list(&*self.store, &caller, limit, req.offset as usize).await?;
         Ok(Response::new(ListProvidersResponse { providers }))
     }
 
@@ -154,8 +152,10 @@ impl OpenShell for OpenShellService {
         &self,
         req: Request<UpdateProviderRequest>,
     ) -> Result<Response<Provider>, Status> {
+        let caller = caller(&req)?;
+        audit_target(&req, format!("provider/{}", req.get_ref().name));
         Ok(Response::new(
-            providers::update(&*self.store, &self.secrets, req.into_inner()).await?,
+            providers::update(&*self.store, &self.secrets, &caller, req.into_inner()).await?,
         ))
     }
 
@@ -163,24 +163,20 @@ impl OpenShell for OpenShellService {
         &self,
         req: Request<DeleteProviderRequest>,
     ) -> Result<Response<DeleteProviderResponse>, Status> {
-        let name = req.into_inner().name;
-        let deleted = self
-            .store
-            .delete(&providers::KIND, &name, Precondition::Unconditional)
-            .await
-            .map_err(crate::GatewayError::from)?;
-        if !deleted {
-            return Err(crate::GatewayError::NotFound(format!("provider '{name}'")).into());
-        }
-        Ok(Response::new(DeleteProviderResponse { deleted }))
+        let caller = caller(&req)?;
+        audit_target(&req, format!("provider/{}", req.get_ref().name));
+        providers::delete(&*self.store, &caller, &req.into_inner().name).await?;
+        Ok(Response::new(DeleteProviderResponse { deleted: true }))
     }
 
     async fn create_sandbox(
         &self,
         req: Request<CreateSandboxRequest>,
     ) -> Result<Response<Sandbox>, Status> {
+        let caller = caller(&req)?;
+        audit_target(&req, format!("sandbox/{}", req.get_ref().name));
         Ok(Response::new(
-            self.sandboxes.create(req.into_inner()).await?,
+            self.sandboxes.create(&caller, req.into_inner()).await?,
         ))
     }
 
@@ -188,8 +184,9 @@ impl OpenShell for OpenShellService {
         &self,
         req: Request<GetSandboxRequest>,
     ) -> Result<Response<Sandbox>, Status> {
+        let caller = caller(&req)?;
         Ok(Response::new(
-            self.sandboxes.get(&req.into_inner().name).await?,
+            self.sandboxes.get(&caller, &req.into_inner().name).await?,
         ))
     }
 
@@ -197,8 +194,12 @@ impl OpenShell for OpenShellService {
         &self,
         req: Request<ListSandboxesRequest>,
     ) -> Result<Response<ListSandboxesResponse>, Status> {
+        let caller = caller(&req)?;
         let r = req.into_inner();
-        let sandboxes = self.sandboxes.list(r.selector, r.limit, r.offset).await?;
+        let sandboxes = self
+            .sandboxes
+            .list(&caller, r.selector, r.limit, r.offset, r.all)
+            .await?;
         Ok(Response::new(ListSandboxesResponse { sandboxes }))
     }
 
@@ -206,7 +207,11 @@ impl OpenShell for OpenShellService {
         &self,
         req: Request<DeleteSandboxRequest>,
     ) -> Result<Response<DeleteSandboxResponse>, Status> {
-        self.sandboxes.delete(&req.into_inner().name).await?;
+        let caller = caller(&req)?;
+        audit_target(&req, format!("sandbox/{}", req.get_ref().name));
+        self.sandboxes
+            .delete(&caller, &req.into_inner().name)
+            .await?;
         Ok(Response::new(DeleteSandboxResponse { deleted: true }))
     }
 
@@ -214,8 +219,10 @@ impl OpenShell for OpenShellService {
         &self,
         req: Request<StopSandboxRequest>,
     ) -> Result<Response<Sandbox>, Status> {
+        let caller = caller(&req)?;
+        audit_target(&req, format!("sandbox/{}", req.get_ref().name));
         Ok(Response::new(
-            self.sandboxes.stop(&req.into_inner().name).await?,
+            self.sandboxes.stop(&caller, &req.into_inner().name).await?,
         ))
     }
 
@@ -223,8 +230,12 @@ impl OpenShell for OpenShellService {
         &self,
         req: Request<StartSandboxRequest>,
     ) -> Result<Response<Sandbox>, Status> {
+        let caller = caller(&req)?;
+        audit_target(&req, format!("sandbox/{}", req.get_ref().name));
         Ok(Response::new(
-            self.sandboxes.start(&req.into_inner().name).await?,
+            self.sandboxes
+                .start(&caller, &req.into_inner().name)
+                .await?,
         ))
     }
 
@@ -240,8 +251,12 @@ impl OpenShell for OpenShellService {
         Status,
     > {
         use futures::StreamExt;
+        let caller = caller(&req)?;
         let r = req.into_inner();
-        let lines = self.sandboxes.logs(&r.name, r.follow, r.tail).await?;
+        let lines = self
+            .sandboxes
+            .logs(&caller, &r.name, r.follow, r.tail)
+            .await?;
         Ok(Response::new(
             lines.map(|l| l.map_err(Status::from)).boxed(),
         ))
@@ -262,8 +277,9 @@ impl OpenShell for OpenShellService {
         Status,
     > {
         use futures::StreamExt;
+        let caller = caller(&req)?;
         let r = req.into_inner();
-        let events = self.sandboxes.watch(r.name, r.selector);
+        let events = self.sandboxes.watch(&caller, r.name, r.selector, r.all)?;
         Ok(Response::new(
             events.map(|e| e.map_err(Status::from)).boxed(),
         ))

@@ -9,6 +9,9 @@ use openshell_store::{NewObject, ObjectKind, Precondition, SecretBox, Store, Sto
 use prost::Message;
 
 use crate::GatewayError;
+use crate::auth::Caller;
+use crate::authz::Action;
+use crate::services::owners;
 
 /// What is stored per provider (prost-encoded payload).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -96,7 +99,8 @@ pub(crate) fn to_wire(obj: &StoredObject) -> Result<Provider, GatewayError> {
         meta: Some(ObjectMeta {
             id: obj.id.clone(),
             name: obj.name.clone(),
-            labels: obj.labels.clone().into_iter().collect(),
+            labels: owners::user_labels(obj),
+            owner: owners::owner_of(obj).to_string(),
             resource_version: obj.resource_version,
             created_at_ms: obj.created_at_ms,
             updated_at_ms: obj.updated_at_ms,
@@ -104,15 +108,21 @@ pub(crate) fn to_wire(obj: &StoredObject) -> Result<Provider, GatewayError> {
         r#type: p.r#type,
         config: p.config.into_iter().collect(),
         credential_keys: p.credential_keys,
+        shared: owners::is_shared(obj),
     })
 }
 
 pub(crate) async fn create(
     store: &dyn Store,
     secrets: &SecretBox,
+    caller: &Caller,
     req: CreateProviderRequest,
 ) -> Result<Provider, GatewayError> {
     check_name("provider", &req.name)?;
+    owners::check_user_labels(req.labels.keys())?;
+    if req.shared {
+        owners::require(caller, Action::ShareProvider)?;
+    }
     if req.r#type.trim().is_empty() {
         return Err(GatewayError::InvalidArgument(
             "provider type is required (e.g. openai, anthropic, github, generic)".into(),
@@ -128,11 +138,12 @@ pub(crate) async fn create(
         sealed_credentials: seal(secrets, &req.name, &creds)?,
         credential_keys: creds.keys().cloned().collect(),
     };
+    let mut labels = owners::labels_for_new(caller, req.labels);
+    if req.shared {
+        labels.insert(owners::SHARED_LABEL.into(), "true".into());
+    }
     let obj = store
-        .create(
-            NewObject::new(KIND, req.name, stored.encode_to_vec())
-                .labels(req.labels.into_iter().collect()),
-        )
+        .create(NewObject::new(KIND, req.name, stored.encode_to_vec()).labels(labels))
         .await?;
     to_wire(&obj)
 }
@@ -144,16 +155,78 @@ async fn load(store: &dyn Store, name: &str) -> Result<StoredObject, GatewayErro
         .ok_or_else(|| GatewayError::NotFound(format!("provider '{name}'")))
 }
 
-pub(crate) async fn get(store: &dyn Store, name: &str) -> Result<Provider, GatewayError> {
-    to_wire(&load(store, name).await?)
+/// Provider `name` if `caller` may do `action` on it; someone else's provider is "not
+/// found", exactly like a missing one.
+async fn load_for(
+    store: &dyn Store,
+    caller: &Caller,
+    action: Action,
+    name: &str,
+) -> Result<StoredObject, GatewayError> {
+    let obj = load(store, name).await?;
+    owners::check(caller, action, &obj, || format!("provider '{name}'"))?;
+    Ok(obj)
+}
+
+pub(crate) async fn get(
+    store: &dyn Store,
+    caller: &Caller,
+    name: &str,
+) -> Result<Provider, GatewayError> {
+    to_wire(&load_for(store, caller, Action::ReadProvider, name).await?)
+}
+
+/// The providers `caller` may read (admins and viewers: all; users: their own and the
+/// shared ones), sorted by name. Filtered here rather than by a store selector because a
+/// user's set is the union of two selections; providers are few.
+pub(crate) async fn list(
+    store: &dyn Store,
+    caller: &Caller,
+    limit: Option<usize>,
+    offset: usize,
+) -> Result<Vec<Provider>, GatewayError> {
+    let objs = store
+        .list(
+            &KIND,
+            &openshell_store::LabelSelector::everything(),
+            None,
+            0,
+        )
+        .await?;
+    objs.iter()
+        .filter(|o| owners::check(caller, Action::ReadProvider, o, String::new).is_ok())
+        .skip(offset)
+        .take(limit.unwrap_or(usize::MAX))
+        .map(to_wire)
+        .collect()
+}
+
+pub(crate) async fn delete(
+    store: &dyn Store,
+    caller: &Caller,
+    name: &str,
+) -> Result<(), GatewayError> {
+    let obj = load_for(store, caller, Action::ChangeProvider, name).await?;
+    let deleted = store
+        .delete(
+            &KIND,
+            name,
+            Precondition::ResourceVersion(obj.resource_version),
+        )
+        .await?;
+    if !deleted {
+        return Err(GatewayError::NotFound(format!("provider '{name}'")));
+    }
+    Ok(())
 }
 
 pub(crate) async fn update(
     store: &dyn Store,
     secrets: &SecretBox,
+    caller: &Caller,
     req: UpdateProviderRequest,
 ) -> Result<Provider, GatewayError> {
-    let obj = load(store, &req.name).await?;
+    let obj = load_for(store, caller, Action::ChangeProvider, &req.name).await?;
     let mut p = decode(&obj)?;
     let mut creds = unseal(secrets, &req.name, &p.sealed_credentials)?;
     for (k, v) in req.credentials {
@@ -191,6 +264,64 @@ mod tests {
         SecretBox::from_key_bytes(&[7u8; 32]).unwrap()
     }
 
+    fn admin() -> Caller {
+        crate::auth::test_caller("root", &[crate::authz::Role::Admin])
+    }
+
+    #[tokio::test]
+    async fn users_see_their_own_and_shared_providers_only() {
+        use crate::authz::Role;
+        let store = MemoryStore::new();
+        let s = secrets();
+        let alice = crate::auth::test_caller("alice", &[Role::User]);
+        let bob = crate::auth::test_caller("bob", &[Role::User]);
+        let viewer = crate::auth::test_caller("vera", &[Role::Viewer]);
+        let new = |name: &str, shared: bool| CreateProviderRequest {
+            name: name.into(),
+            r#type: "generic".into(),
+            shared,
+            ..Default::default()
+        };
+        create(&store, &s, &alice, new("a", false)).await.unwrap();
+        create(&store, &s, &admin(), new("team", true))
+            .await
+            .unwrap();
+        create(&store, &s, &admin(), new("private", false))
+            .await
+            .unwrap();
+        let err = create(&store, &s, &bob, new("b", true)).await.unwrap_err();
+        assert_eq!(err.to_string(), "role user cannot create shared providers");
+
+        let names = |list: Vec<Provider>| -> Vec<String> {
+            list.into_iter().map(|p| p.meta.unwrap().name).collect()
+        };
+        assert_eq!(
+            names(list(&store, &alice, None, 0).await.unwrap()),
+            ["a", "team"]
+        );
+        assert_eq!(names(list(&store, &bob, None, 0).await.unwrap()), ["team"]);
+        assert_eq!(
+            names(list(&store, &viewer, None, 0).await.unwrap()),
+            ["a", "private", "team"]
+        );
+        // Another user's provider is missing, not forbidden; a shared one is read-only.
+        let missing = get(&store, &bob, "nope").await.unwrap_err().to_string();
+        assert_eq!(
+            get(&store, &bob, "a").await.unwrap_err().to_string(),
+            missing.replace("nope", "a")
+        );
+        assert!(get(&store, &bob, "team").await.unwrap().shared);
+        assert!(matches!(
+            delete(&store, &bob, "team").await,
+            Err(GatewayError::NotFound(_))
+        ));
+        assert_eq!(
+            get(&store, &alice, "a").await.unwrap().meta.unwrap().owner,
+            "alice"
+        );
+        delete(&store, &alice, "a").await.unwrap();
+    }
+
     #[tokio::test]
     async fn credentials_are_sealed_and_only_names_returned() {
         let store = MemoryStore::new();
@@ -198,6 +329,7 @@ mod tests {
         let p = create(
             &store,
             &s,
+            &admin(),
             CreateProviderRequest {
                 name: "openai".into(),
                 r#type: "openai".into(),
@@ -225,6 +357,7 @@ mod tests {
         let p = create(
             &store,
             &s,
+            &admin(),
             CreateProviderRequest {
                 name: "gh".into(),
                 r#type: "github".into(),
@@ -240,8 +373,8 @@ mod tests {
             config: [("org".to_string(), "acme".to_string())].into(),
             ..Default::default()
         };
-        update(&store, &s, req(v)).await.unwrap();
-        let err = update(&store, &s, req(v)).await.unwrap_err();
+        update(&store, &s, &admin(), req(v)).await.unwrap();
+        let err = update(&store, &s, &admin(), req(v)).await.unwrap_err();
         assert!(matches!(
             err,
             GatewayError::Store(openshell_store::StoreError::Conflict { .. })

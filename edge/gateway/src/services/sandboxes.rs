@@ -26,6 +26,9 @@ use openshell_store::{LabelSelector, NewObject, ObjectKind, Precondition, Store,
 use prost::Message;
 
 use crate::GatewayError;
+use crate::auth::Caller;
+use crate::authz::Action;
+use crate::services::owners;
 use crate::sessions::SessionRegistry;
 
 pub(crate) const KIND: ObjectKind = ObjectKind::SANDBOX;
@@ -193,7 +196,8 @@ impl Sandboxes {
             meta: Some(ObjectMeta {
                 id: rec.id.clone(),
                 name: obj.name.clone(),
-                labels: obj.labels.clone().into_iter().collect(),
+                labels: owners::user_labels(obj),
+                owner: owners::owner_of(obj).to_string(),
                 resource_version: obj.resource_version,
                 created_at_ms: obj.created_at_ms,
                 updated_at_ms: obj.updated_at_ms,
@@ -224,6 +228,35 @@ impl Sandboxes {
             .get(&KIND, name)
             .await?
             .ok_or_else(|| GatewayError::NotFound(format!("sandbox '{name}'")))
+    }
+
+    /// The record of sandbox `name` if `caller` may do `action` on it; someone else's
+    /// sandbox is "not found", exactly like a missing one.
+    async fn load_for(
+        &self,
+        caller: &Caller,
+        action: Action,
+        name: &str,
+    ) -> Result<StoredObject, GatewayError> {
+        let obj = self.load(name).await?;
+        owners::check(caller, action, &obj, || format!("sandbox '{name}'"))?;
+        Ok(obj)
+    }
+
+    /// Checks that `caller` may attach each named provider (its own, or one an admin
+    /// shared); another user's provider is "not found", like a missing one.
+    async fn check_providers(&self, caller: &Caller, names: &[String]) -> Result<(), GatewayError> {
+        for p in names {
+            let obj = self
+                .store
+                .get(&crate::services::providers::KIND, p)
+                .await?
+                .ok_or_else(|| GatewayError::NotFound(format!("provider '{p}'")))?;
+            owners::check(caller, Action::UseProvider, &obj, || {
+                format!("provider '{p}'")
+            })?;
+        }
+        Ok(())
     }
 
     async fn observe(&self, obj: &StoredObject) -> Result<Sandbox, GatewayError> {
@@ -267,7 +300,12 @@ impl Sandboxes {
         format!("; its last output: {}", tail.join(" | "))
     }
 
-    pub async fn create(&self, req: CreateSandboxRequest) -> Result<Sandbox, GatewayError> {
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        req: CreateSandboxRequest,
+    ) -> Result<Sandbox, GatewayError> {
+        owners::check_user_labels(req.labels.keys())?;
         let driver = self.driver()?.clone();
         let minter = self.minter.as_ref().ok_or_else(|| {
             GatewayError::Precondition(
@@ -287,6 +325,7 @@ impl Sandboxes {
         };
         let name = SandboxName::new(name)?;
         let mut spec = req.spec.unwrap_or_default();
+        self.check_providers(caller, &spec.providers).await?;
         if spec.image.is_empty() {
             spec.image = self.default_image.clone();
         }
@@ -307,7 +346,7 @@ impl Sandboxes {
             .store
             .create(
                 NewObject::new(KIND, name.as_str(), record.encode_to_vec())
-                    .labels(req.labels.clone().into_iter().collect()),
+                    .labels(owners::labels_for_new(caller, req.labels.clone())),
             )
             .await?;
         let result = async {
@@ -357,8 +396,8 @@ impl Sandboxes {
 
     /// The sandbox a user's tunnel should reach, if it can be reached now; otherwise why not,
     /// with what to do about it.
-    pub async fn reachable(&self, name: &str) -> Result<Reachable, GatewayError> {
-        let obj = self.load(name).await?;
+    pub async fn reachable(&self, caller: &Caller, name: &str) -> Result<Reachable, GatewayError> {
+        let obj = self.load_for(caller, Action::ReachSandbox, name).await?;
         let rec = decode(&obj)?;
         if let Some(session) = self.sessions.get(&rec.id) {
             return Ok(Reachable {
@@ -391,23 +430,41 @@ impl Sandboxes {
         Err(GatewayError::NotFound(format!("sandbox with id '{id}'")))
     }
 
-    pub async fn get(&self, name: &str) -> Result<Sandbox, GatewayError> {
-        let obj = self.load(name).await?;
+    pub async fn get(&self, caller: &Caller, name: &str) -> Result<Sandbox, GatewayError> {
+        let obj = self.load_for(caller, Action::ReadSandbox, name).await?;
         self.observe(&obj).await
     }
 
+    /// The caller's sandboxes matching `selector`, or every owner's with `all` (admins and
+    /// viewers).
     pub async fn list(
         &self,
+        caller: &Caller,
         selector: HashMap<String, String>,
         limit: u32,
         offset: u32,
+        all: bool,
     ) -> Result<Vec<Sandbox>, GatewayError> {
-        let selector: LabelSelector = selector.into_iter().collect();
+        let selector = owners::scope(
+            caller,
+            selector.into_iter().collect(),
+            all,
+            Action::ReadAllSandboxes,
+        )?;
+        self.list_selected(&selector, limit, offset).await
+    }
+
+    async fn list_selected(
+        &self,
+        selector: &LabelSelector,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Sandbox>, GatewayError> {
         let objs = self
             .store
             .list(
                 &KIND,
-                &selector,
+                selector,
                 (limit > 0).then_some(limit as usize),
                 offset as usize,
             )
@@ -453,10 +510,10 @@ impl Sandboxes {
             .await?)
     }
 
-    pub async fn stop(&self, name: &str) -> Result<Sandbox, GatewayError> {
+    pub async fn stop(&self, caller: &Caller, name: &str) -> Result<Sandbox, GatewayError> {
         // The runtime first: if it cannot stop the workload, the record still says what is
         // true (running) and the user gets the runtime's error.
-        let obj = self.load(name).await?;
+        let obj = self.load_for(caller, Action::StopSandbox, name).await?;
         let id = SandboxId::new(decode(&obj)?.id)?;
         let w = self.driver()?.stop(&id).await?;
         let obj = self.set_running(&obj, false).await?;
@@ -464,8 +521,8 @@ impl Sandboxes {
         self.view(&obj, Some(&w.state), &w.runtime_id)
     }
 
-    pub async fn start(&self, name: &str) -> Result<Sandbox, GatewayError> {
-        let obj = self.load(name).await?;
+    pub async fn start(&self, caller: &Caller, name: &str) -> Result<Sandbox, GatewayError> {
+        let obj = self.load_for(caller, Action::StartSandbox, name).await?;
         let id = SandboxId::new(decode(&obj)?.id)?;
         self.forget_session(&id);
         let w = self.driver()?.start(&id).await?;
@@ -526,13 +583,27 @@ impl Sandboxes {
     /// its phase, reason or supervisor connection changes, and DELETED when it goes. Status is
     /// derived (record + workload + session), so it is re-derived on a short interval and
     /// diffed; the stream ends when the client goes away.
+    ///
+    /// Users watch their own sandboxes; admins and viewers watch everyone's with `all`, and a
+    /// named sandbox whoever owns it.
     pub fn watch(
         self: &Arc<Self>,
+        caller: &Caller,
         name: String,
         selector: HashMap<String, String>,
-    ) -> futures::stream::BoxStream<'static, Result<openshell_proto::SandboxEvent, GatewayError>>
-    {
+        all: bool,
+    ) -> Result<
+        futures::stream::BoxStream<'static, Result<openshell_proto::SandboxEvent, GatewayError>>,
+        GatewayError,
+    > {
         use openshell_proto::sandbox_event::Kind;
+        let all = all || (!name.is_empty() && caller.may(Action::ReadAllSandboxes, None).is_ok());
+        let selector = owners::scope(
+            caller,
+            selector.into_iter().collect(),
+            all,
+            Action::ReadAllSandboxes,
+        )?;
         let this = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -540,7 +611,7 @@ impl Sandboxes {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
             loop {
                 tick.tick().await;
-                let current = match this.list(selector.clone(), 0, 0).await {
+                let current = match this.list_selected(&selector, 0, 0).await {
                     Ok(list) => list,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
@@ -592,12 +663,15 @@ impl Sandboxes {
                 }
             }
         });
-        futures::StreamExt::boxed(tokio_stream::wrappers::ReceiverStream::new(rx))
+        Ok(futures::StreamExt::boxed(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
     }
 
     /// The workload's output (stdout and stderr), following it when asked.
     pub async fn logs(
         &self,
+        caller: &Caller,
         name: &str,
         follow: bool,
         tail: u32,
@@ -606,7 +680,7 @@ impl Sandboxes {
         GatewayError,
     > {
         use futures::StreamExt;
-        let obj = self.load(name).await?;
+        let obj = self.load_for(caller, Action::ReadSandbox, name).await?;
         let id = SandboxId::new(decode(&obj)?.id)?;
         let stream = self.driver()?.logs(&id, follow).await?;
         let lines = stream.map(|r| {
@@ -629,8 +703,8 @@ impl Sandboxes {
         Ok(futures::stream::iter(all.into_iter().skip(skip)).boxed())
     }
 
-    pub async fn delete(&self, name: &str) -> Result<(), GatewayError> {
-        let obj = self.load(name).await?;
+    pub async fn delete(&self, caller: &Caller, name: &str) -> Result<(), GatewayError> {
+        let obj = self.load_for(caller, Action::DeleteSandbox, name).await?;
         let id = SandboxId::new(decode(&obj)?.id)?;
         self.driver()?.delete(&id).await?;
         self.store

@@ -54,7 +54,6 @@ fn own_sandbox<T>(req: &Request<T>, named: &str) -> Result<String, Status> {
         .get::<Caller>()
         .ok_or_else(|| Status::unauthenticated("no authenticated caller"))?;
     let own = caller
-        .0
         .sandbox_id()
         .ok_or_else(|| Status::permission_denied("not a sandbox credential"))?;
     if own != named {
