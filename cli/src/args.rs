@@ -58,6 +58,8 @@ pub enum Command {
     Gateway(commands::gateway::GatewayArgs),
     /// Reachability, authentication and version of the active gateway.
     Status(commands::status::StatusArgs),
+    /// Who the active gateway says you are: subject, roles, authentication, certificate.
+    Whoami(commands::whoami::WhoamiArgs),
     /// Create, list, inspect, stop, start and delete sandboxes.
     #[command(visible_alias = "sb")]
     Sandbox(commands::sandbox::SandboxArgs),

@@ -69,6 +69,13 @@ pub fn print_error(err: &CliError) {
     }
 }
 
+/// `t` as an RFC 3339 UTC timestamp, as every command prints times.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// Writes `text` to stdout; a closed pipe (`| head`) is not an error.
 pub fn print_stdout(text: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();

@@ -200,7 +200,7 @@ impl Agent {
                     connected: conn.close_reason().is_none(),
                     transport: Some(conn.transport().as_str().to_string()),
                     rtt_ms: conn.quic_stats().map(|s| s.path.rtt.as_secs_f64() * 1000.0),
-                    connected_since: Some(rfc3339(*since)),
+                    connected_since: Some(crate::output::rfc3339(*since)),
                     zero_rtt: Some(conn.zero_rtt().as_str().to_string()),
                 },
                 None => Upstream {
@@ -219,7 +219,7 @@ impl Agent {
             gateway: self.gw.name.clone(),
             socket: self.paths.socket.display().to_string(),
             pid: Some(std::process::id()),
-            started_at: Some(rfc3339(self.started_at)),
+            started_at: Some(crate::output::rfc3339(self.started_at)),
             upstream: Some(upstream),
             requests_served: self.requests.load(Ordering::SeqCst),
             tunnels_opened: self.tunnels.load(Ordering::SeqCst),
@@ -452,10 +452,4 @@ pub async fn run(
     }
     tracing::info!("agent stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

@@ -11,6 +11,7 @@ pub mod sandbox;
 pub mod ssh;
 pub mod status;
 pub mod transfer;
+pub mod whoami;
 
 use std::process::ExitCode;
 
@@ -29,5 +30,6 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Forward(args) => forward::run(args, &global).await,
         Command::SshProxy(args) => ssh::proxy(args, &global).await,
         Command::Completions(args) => completions::run(args),
+        Command::Whoami(args) => whoami::run(args, &global).await,
     }
 }

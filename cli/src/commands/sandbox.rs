@@ -29,11 +29,14 @@ pub struct SandboxArgs {
 pub enum SandboxCommand {
     /// Create a sandbox and wait until it is Ready.
     Create(CreateArgs),
-    /// List sandboxes.
+    /// List your sandboxes (`--all`: every owner's, for admins and viewers).
     List {
         /// Only sandboxes with these labels (k=v, repeatable or comma-separated).
         #[arg(long, value_delimiter = ',')]
         selector: Vec<String>,
+        /// Every owner's sandboxes, not only yours (admins and viewers).
+        #[arg(short = 'A', long)]
+        all: bool,
         #[arg(short, long, value_enum, default_value_t)]
         output: OutputFormat,
     },
@@ -46,7 +49,7 @@ pub enum SandboxCommand {
     /// Delete sandboxes (their workloads and records).
     Delete {
         names: Vec<String>,
-        /// Delete every sandbox.
+        /// Delete every sandbox you own.
         #[arg(long, conflicts_with = "names")]
         all: bool,
     },
@@ -62,10 +65,13 @@ pub enum SandboxCommand {
     },
     /// Follow status changes (one line per change) until interrupted.
     Watch {
-        /// Only this sandbox (default: all).
+        /// Only this sandbox (default: all of yours).
         name: Option<String>,
         #[arg(long, value_delimiter = ',')]
         selector: Vec<String>,
+        /// Every owner's sandboxes, not only yours (admins and viewers).
+        #[arg(short = 'A', long)]
+        all: bool,
     },
     /// Stop a sandbox (its files are kept).
     Stop { name: Option<String> },
@@ -201,6 +207,7 @@ fn phase_name(s: &Sandbox) -> &'static str {
 struct View {
     name: String,
     id: String,
+    owner: String,
     phase: &'static str,
     reason: String,
     image: String,
@@ -215,6 +222,7 @@ fn view(s: &Sandbox) -> View {
     View {
         name: meta.name,
         id: meta.id,
+        owner: meta.owner,
         phase: phase_name(s),
         reason: status.reason,
         image: s
@@ -237,20 +245,22 @@ fn render_list(items: &[View]) -> String {
         .map(|v| {
             vec![
                 v.name.clone(),
+                v.owner.clone(),
                 v.phase.into(),
                 v.image.clone(),
                 v.reason.clone(),
             ]
         })
         .collect();
-    table(&["NAME", "PHASE", "IMAGE", "REASON"], &rows)
+    table(&["NAME", "OWNER", "PHASE", "IMAGE", "REASON"], &rows)
 }
 
 fn render_one(v: &View) -> String {
     let mut out = format!(
-        "Sandbox: {}\n  Id: {}\n  Phase: {}\n  Image: {}\n  Supervisor: {}\n",
+        "Sandbox: {}\n  Id: {}\n  Owner: {}\n  Phase: {}\n  Image: {}\n  Supervisor: {}\n",
         v.name,
         v.id,
+        v.owner,
         v.phase,
         v.image,
         if v.supervisor_connected {
@@ -411,12 +421,17 @@ pub async fn run(args: SandboxArgs, global: &GlobalArgs) -> Result<ExitCode, Cli
             }
             emit(c.output, &view(&current), render_one)?;
         }
-        SandboxCommand::List { selector, output } => {
+        SandboxCommand::List {
+            selector,
+            all,
+            output,
+        } => {
             let selector = pairs("--selector", &selector)?;
             let list = call(
                 &conn,
                 api.list_sandboxes(ListSandboxesRequest {
                     selector,
+                    all,
                     ..Default::default()
                 })
                 .await,
@@ -488,13 +503,18 @@ pub async fn run(args: SandboxArgs, global: &GlobalArgs) -> Result<ExitCode, Cli
                 }
             }
         }
-        SandboxCommand::Watch { name, selector } => {
+        SandboxCommand::Watch {
+            name,
+            selector,
+            all,
+        } => {
             use futures::StreamExt;
             let mut events = call(
                 &conn,
                 api.watch_sandboxes(openshell_proto::WatchSandboxesRequest {
                     name: name.unwrap_or_default(),
                     selector: pairs("--selector", &selector)?,
+                    all,
                 })
                 .await,
             )
