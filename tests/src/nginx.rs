@@ -33,6 +33,8 @@ pub struct NginxConfig<'a> {
     /// The one token this identity provider hands out, and the user it stands for.
     pub token: &'a str,
     pub user: &'a str,
+    /// More users the proxy authenticates: (token, user, roles as `x-openshell-roles`).
+    pub extra_users: &'a [(&'a str, &'a str, &'a str)],
 }
 
 fn nginx_binary() -> PathBuf {
@@ -55,6 +57,12 @@ impl Nginx {
             .unwrap()
             .port();
         let d = dir.path().display();
+        let mut users = String::new();
+        let mut roles = String::new();
+        for (token, user, role_list) in cfg.extra_users {
+            users.push_str(&format!("        \"Bearer {token}\" \"{user}\";\n"));
+            roles.push_str(&format!("        \"Bearer {token}\" \"{role_list}\";\n"));
+        }
         let conf = format!(
             r#"daemon off;
 worker_processes 1;
@@ -70,7 +78,10 @@ http {{
     scgi_temp_path {d}/scgi;
     map $http_authorization $edge_user {{
         "Bearer {token}" "{user}";
-        default "";
+{users}        default "";
+    }}
+    map $http_authorization $edge_roles {{
+{roles}        default "";
     }}
     server {{
         listen 127.0.0.1:{port} ssl http2;
@@ -85,6 +96,7 @@ http {{
                 return 401;
             }}
             grpc_set_header x-openshell-user $edge_user;
+            grpc_set_header x-openshell-roles $edge_roles;
             grpc_pass grpcs://{gateway};
             grpc_ssl_certificate {proxy_cert};
             grpc_ssl_certificate_key {proxy_key};

@@ -189,6 +189,11 @@ impl SandboxEnv {
         s
     }
 
+    /// The gateway's state directory (database, audit log).
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
     /// Starts a gateway on this environment's state, listening on `listen`.
     pub fn spawn(&self, listen: &str) -> Gateway {
         let mut b = Gateway::builder()

@@ -41,6 +41,7 @@ fn setup() -> Setup {
         gateway: gw.addr,
         token: TOKEN,
         user: "alice",
+        extra_users: &[],
     });
     // The proxy's CA (here the same PKI) is what the CLI trusts for this gateway.
     let mtls = u.gw_dir("production").join("mtls");

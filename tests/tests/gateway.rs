@@ -20,7 +20,7 @@ fn provider(name: &str) -> CreateProviderRequest {
         r#type: "openai".into(),
         config: [("base_url".to_string(), "https://api.example".to_string())].into(),
         credentials: [("OPENAI_API_KEY".to_string(), "sk-test-123".to_string())].into(),
-        labels: Default::default(),
+        ..Default::default()
     }
 }
 
