@@ -188,13 +188,13 @@ fn certificate_profiles() {
     let alice =
         t.ca.issue_client(
             "alice",
-            &["admin".into(), "dev".into()],
+            &["admin".into(), "viewer".into()],
             DEFAULT_CLIENT_VALIDITY,
         )
         .unwrap();
     let info = inspect_bytes(alice.cert_pem.as_bytes(), "alice", Some(&t.dir)).unwrap();
     assert_eq!(info.subject_cn.as_deref(), Some("alice"));
-    assert_eq!(info.roles, ["admin", "dev"]);
+    assert_eq!(info.roles, ["admin", "viewer"]);
     assert_eq!(info.ekus, ["clientAuth"]);
     assert!(info.chains_to_ca && !info.revoked && !info.is_ca);
     assert_eq!(info.serial, alice.serial);
@@ -320,7 +320,7 @@ fn revoking_a_user_revokes_every_usable_certificate() {
     let mut t = TestPki::new();
     let a1 = t.ca.issue_client("carol", &[], Duration::days(10)).unwrap();
     let a2 =
-        t.ca.issue_client("carol", &["ops".into()], Duration::days(10))
+        t.ca.issue_client("carol", &["viewer".into()], Duration::days(10))
             .unwrap();
     let other = t.ca.issue_client("dave", &[], Duration::days(10)).unwrap();
     let revoked = t.ca.revoke("carol", Some("left the team")).unwrap();
@@ -783,7 +783,7 @@ mod untrusted_input {
         SAMPLES.get_or_init(|| {
             let mut t = TestPki::new();
             let c =
-                t.ca.issue_client("fuzz", &["a".into(), "b".into()], Duration::days(1))
+                t.ca.issue_client("fuzz", &["user".into(), "viewer".into()], Duration::days(1))
                     .unwrap();
             let bundle = format!("{}{}{}", t.ca.cert_pem(), c.cert_pem, c.key_pem);
             let der = parse_certificates(c.cert_pem.as_bytes(), "c")
@@ -829,7 +829,7 @@ mod untrusted_input {
     fn the_uncorrupted_samples_parse() {
         let (bundle, der) = samples();
         assert!(ClientBundle::from_pem(bundle.as_bytes(), "b").is_ok());
-        assert_eq!(inspect_bytes(der, "d", None).unwrap().roles, ["a", "b"]);
+        assert_eq!(inspect_bytes(der, "d", None).unwrap().roles, ["user", "viewer"]);
     }
 }
 

@@ -311,8 +311,13 @@ mod tests {
             missing.replace("nope", "a")
         );
         assert!(get(&store, &bob, "team").await.unwrap().shared);
+        assert_eq!(
+            delete(&store, &bob, "team").await.unwrap_err().to_string(),
+            "role user cannot change or delete providers of other owners",
+            "a shared provider is visible, so the refusal says why"
+        );
         assert!(matches!(
-            delete(&store, &bob, "team").await,
+            delete(&store, &bob, "a").await,
             Err(GatewayError::NotFound(_))
         ));
         assert_eq!(
