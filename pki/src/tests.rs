@@ -829,7 +829,10 @@ mod untrusted_input {
     fn the_uncorrupted_samples_parse() {
         let (bundle, der) = samples();
         assert!(ClientBundle::from_pem(bundle.as_bytes(), "b").is_ok());
-        assert_eq!(inspect_bytes(der, "d", None).unwrap().roles, ["user", "viewer"]);
+        assert_eq!(
+            inspect_bytes(der, "d", None).unwrap().roles,
+            ["user", "viewer"]
+        );
     }
 }
 
