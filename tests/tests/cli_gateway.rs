@@ -1135,9 +1135,10 @@ fn an_mtls_gateway_without_a_bundle_is_named_at_once() {
         .pki(&sb.default_pki_dir())
         .spawn();
     let mtls = sb.gw_dir("prod").join("mtls");
+    let endpoint = gw.endpoint();
     for extra in [&[][..], &["--browser"][..]] {
         let started = std::time::Instant::now();
-        let mut args = vec!["gateway", "add", &gw.endpoint(), "--name", "prod"];
+        let mut args = vec!["gateway", "add", &endpoint, "--name", "prod"];
         args.extend_from_slice(extra);
         let r = sb.run(&args).fails();
         assert!(
