@@ -153,6 +153,7 @@ impl Drop for PodmanService {
 pub struct SandboxEnv {
     pub u: CliUser,
     pub gw: Option<Gateway>,
+    /// The gateway's id (its default, from the state directory).
     pub id: String,
     pub runtime: Runtime,
     pub podman: Option<PodmanService>,
@@ -173,11 +174,10 @@ impl SandboxEnv {
         let podman = (runtime == Runtime::Podman).then(PodmanService::start);
         let u = CliUser::new();
         u.run(&["pki", "init"]).ok();
-        let id = format!("e2e-{}-{}", runtime.name(), std::process::id());
         let mut s = SandboxEnv {
             u,
             gw: None,
-            id,
+            id: String::new(),
             runtime,
             podman,
             state: tempfile::tempdir().unwrap(),
@@ -185,6 +185,12 @@ impl SandboxEnv {
         let gw = s.spawn("0.0.0.0:0");
         let port = gw.addr.port();
         s.gw = Some(gw);
+        // The gateway's default id, made for its state directory at first start: tests
+        // run in parallel on one engine the way independent gateways do.
+        s.id = std::fs::read_to_string(s.state.path().join("gateway-id"))
+            .expect("the gateway wrote no gateway-id in its state directory")
+            .trim()
+            .to_string();
         s.u.enroll(port);
         s
     }
@@ -204,8 +210,6 @@ impl SandboxEnv {
             .arg(self.runtime.name())
             .arg("--sandbox-image")
             .arg(image())
-            .arg("--gateway-id")
-            .arg(&self.id)
             .arg("--shutdown-grace")
             .arg("1s");
         if let Some(p) = &self.podman {

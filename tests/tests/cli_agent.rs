@@ -441,6 +441,119 @@ fn other_uids_are_refused() {
     u.run(&["agent", "stop"]).ok();
 }
 
+/// A listener of uid 65534 (`nobody`) where `local`'s agent socket would be: records, one
+/// line per connection, how many bytes each one sent it.
+const IMPOSTOR: &str = r#"
+import socket, sys
+path, log = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path)
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    c.settimeout(3)
+    got = 0
+    try:
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            got += len(d)
+    except OSError:
+        pass
+    with open(log, "a") as f:
+        f.write("%d\n" % got)
+    c.close()
+"#;
+
+/// The client side of the uid check: a socket in the agent's place that another user owns,
+/// or that another user's process serves, gets nothing: the command says why and connects
+/// directly. (The CLI used to send its requests, provider credentials included, to whoever
+/// listened there.)
+#[test]
+fn a_socket_of_another_uid_is_never_used() {
+    use std::os::unix::fs::chown;
+    let (u, _gw) = live();
+    let agent_dir = u.gw_dir("local").join("agent");
+    let socket = agent_dir.join("agent.sock");
+    let log_dir = u.path("impostor");
+    for d in [&agent_dir, &log_dir] {
+        std::fs::create_dir_all(d).unwrap();
+        chown(d, Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    // Only for this test: let uid 65534 reach its directories through ours.
+    let mut dir = u.gw_dir("local");
+    loop {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+        if dir == u.path("") {
+            break;
+        }
+        dir = dir.parent().unwrap().to_path_buf();
+    }
+    let log = log_dir.join("connections");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _impostor = Kill(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["/usr/bin/python3", "-c", IMPOSTOR])
+            .arg(&socket)
+            .arg(&log)
+            .spawn()
+            .expect("setpriv and /usr/bin/python3 are needed"),
+    );
+    assert_eventually!(
+        Duration::from_secs(10),
+        socket.exists(),
+        "the impostor did not listen"
+    );
+    let connections = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // Its socket, in its directory: refused before connecting.
+    let r = u.run(&["status"]).ok();
+    assert!(r.stdout.contains("Status: Connected"), "{}", r.stdout);
+    assert!(!r.stdout.contains("via agent"), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains(&format!("not using the agent socket {}", socket.display()))
+            && r.stderr.contains("belongs to uid 65534"),
+        "{}",
+        r.stderr
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(connections(), "", "the CLI connected to the impostor");
+
+    // Socket and directory handed to us, the listening end still its: refused by the
+    // peer's uid, right after connecting and before a byte is sent.
+    chown(&agent_dir, Some(0), Some(0)).unwrap();
+    chown(&socket, Some(0), Some(0)).unwrap();
+    let r = u.run(&["sandbox", "list"]).ok();
+    assert!(
+        r.stderr
+            .contains("the process serving it runs as uid 65534"),
+        "{}",
+        r.stderr
+    );
+    assert_eventually!(
+        Duration::from_secs(10),
+        !connections().is_empty(),
+        "the impostor saw no connection"
+    );
+    assert_eq!(connections(), "0\n", "bytes reached the impostor");
+
+    // The agent commands refuse it with the same words.
+    let r = u.run(&["agent", "status"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("runs as uid 65534"), "{}", r.stderr);
+    assert_eq!(connections(), "0\n0\n");
+}
+
 #[test]
 fn bad_input_is_one_clear_error() {
     let (u, _gw) = live();

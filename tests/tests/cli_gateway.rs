@@ -661,6 +661,7 @@ fn placed_bundle_is_used_and_valid_bundle_needs_force() {
                 "direct",
                 "--auth",
                 "edge",
+                "--browser",
             ],
             &[("OPENSHELL_LOGIN_TIMEOUT_SECS", "1")],
         )
@@ -775,7 +776,14 @@ fn add_https_runs_browser_login_and_stores_token() {
     let sb = Sandbox::new();
     let mut live = Live::spawn(
         &sb,
-        &["gateway", "add", "https://gw.test", "--name", "cloud"],
+        &[
+            "gateway",
+            "add",
+            "https://gw.test",
+            "--name",
+            "cloud",
+            "--browser",
+        ],
         &[],
     );
     let (port, state) = live.login_url("https://gw.test:17670");
@@ -831,7 +839,7 @@ fn login_post_callback_and_logout() {
         r#"{"name":"cf","gateway_endpoint":"https://cf.test:8443","is_remote":true,"gateway_port":0,"auth_mode":"cloudflare_jwt"}"#,
     )
     .unwrap();
-    let mut live = Live::spawn(&sb, &["gateway", "login", "cf"], &[]);
+    let mut live = Live::spawn(&sb, &["gateway", "login", "cf", "--browser"], &[]);
     let (port, state) = live.login_url("https://cf.test:8443");
     let body = format!("state={state}&token=posted");
     let r = browser(
@@ -890,29 +898,56 @@ fn login_post_callback_and_logout() {
 }
 
 #[test]
-fn wrong_state_is_refused_and_add_rolls_back() {
+fn wrong_state_is_ignored_and_the_login_goes_on() {
+    // Any page the user visits can make the browser hit the callback; a wrong state used to
+    // abort the login (anyone could cancel it). It is refused and the real one still lands.
     let sb = Sandbox::new();
     sb.add_plain("before", 4);
     let mut live = Live::spawn(
         &sb,
-        &["gateway", "add", "https://gw.test", "--name", "cloud"],
+        &[
+            "gateway",
+            "add",
+            "https://gw.test",
+            "--name",
+            "cloud",
+            "--browser",
+        ],
         &[],
     );
     let (port, state) = live.login_url("https://gw.test:17670");
+    for forged in [
+        format!("GET /callback?token=evil&state={state}x HTTP/1.1\r\nHost: x\r\n\r\n"),
+        "GET /callback?token=evil HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+        "GET /callback?error=access_denied&state=stale HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+    ] {
+        let r = browser(port, &forged);
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+        assert!(r.contains("does not belong"), "{r}");
+    }
+    assert!(
+        live.child.try_wait().unwrap().is_none(),
+        "a forged callback ended the login"
+    );
+    assert!(!sb.gw_dir("cloud").join("edge_token").exists());
     let r = browser(
         port,
-        &format!("GET /callback?token=evil&state={state}x HTTP/1.1\r\nHost: x\r\n\r\n"),
+        &format!("GET /callback?token=real&state={state} HTTP/1.1\r\nHost: x\r\n\r\n"),
     );
-    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
-    let run = live.finish().fails();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let run = live.finish().ok();
     assert!(
-        run.stderr.contains("state does not match"),
+        run.stderr.contains("Ignored a login callback"),
         "{}",
         run.stderr
     );
-    assert!(!sb.gw_dir("cloud").join("metadata.json").exists());
-    assert!(!sb.gw_dir("cloud").join("edge_token").exists());
-    assert_eq!(sb.active().as_deref(), Some("before"));
+    assert_eq!(
+        std::fs::read_to_string(sb.gw_dir("cloud").join("edge_token"))
+            .unwrap()
+            .trim(),
+        "real"
+    );
+    assert_eq!(sb.active().as_deref(), Some("cloud"));
 }
 
 #[test]
@@ -921,7 +956,14 @@ fn interrupted_login_leaves_no_trace() {
     sb.add_plain("before", 4);
     let mut live = Live::spawn(
         &sb,
-        &["gateway", "add", "https://gw.test", "--name", "cloud"],
+        &[
+            "gateway",
+            "add",
+            "https://gw.test",
+            "--name",
+            "cloud",
+            "--browser",
+        ],
         &[],
     );
     live.login_url("https://gw.test:17670");
@@ -956,7 +998,14 @@ fn browser_is_opened_with_the_login_url() {
     cmd.env_remove("OPENSHELL_NO_BROWSER").env("PATH", &path);
     let mut live = Live::spawn_command(
         cmd,
-        &["gateway", "add", "https://gw.test", "--name", "cloud"],
+        &[
+            "gateway",
+            "add",
+            "https://gw.test",
+            "--name",
+            "cloud",
+            "--browser",
+        ],
     );
     let (port, state) = live.login_url("https://gw.test:17670");
     let url = (0..100)
@@ -997,7 +1046,14 @@ fn gateway_side_error_or_missing_token_fails_the_login() {
     ] {
         let mut live = Live::spawn(
             &sb,
-            &["gateway", "add", "https://gw.test", "--name", "cloud"],
+            &[
+                "gateway",
+                "add",
+                "https://gw.test",
+                "--name",
+                "cloud",
+                "--browser",
+            ],
             &[],
         );
         let (port, state) = live.login_url("https://gw.test:17670");
@@ -1012,12 +1068,118 @@ fn gateway_side_error_or_missing_token_fails_the_login() {
     }
 }
 
+/// Nobody at the terminal: a gateway that needs a browser sign-in is an error at once, not
+/// a wait of the whole login timeout (300 s by default), for `add` and `login` alike.
+#[test]
+fn without_a_terminal_nothing_waits_for_a_browser() {
+    let sb = Sandbox::new();
+    sb.add_plain("before", 4);
+    let started = std::time::Instant::now();
+    // Unresolvable: whether it wants a certificate is unknown, so both ways out are named.
+    let r = sb
+        .run(&["gateway", "add", "https://gw.test", "--name", "cloud"])
+        .fails();
+    assert!(r.stderr.contains("Cannot tell whether"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("stdin is not a terminal") && r.stderr.contains("--browser"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("openshell pki issue <user> --gateway cloud"),
+        "{}",
+        r.stderr
+    );
+    let r = sb
+        .run(&[
+            "gateway",
+            "add",
+            "https://gw.test",
+            "--name",
+            "cloud",
+            "--auth",
+            "edge",
+        ])
+        .fails();
+    assert!(r.stderr.contains("stdin is not a terminal"), "{}", r.stderr);
+    assert!(!r.stderr.contains("pki issue"), "{}", r.stderr);
+    assert!(!sb.gw_dir("cloud").exists());
+    assert_eq!(sb.active().as_deref(), Some("before"));
+
+    let dir = sb.gw_dir("edge");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("metadata.json"),
+        r#"{"name":"edge","gateway_endpoint":"https://edge.test:8443","is_remote":true,"gateway_port":0,"auth_mode":"cloudflare_jwt"}"#,
+    )
+    .unwrap();
+    let r = sb.run(&["gateway", "login", "edge"]).fails();
+    assert!(r.stderr.contains("stdin is not a terminal"), "{}", r.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// `gateway add https://...` of a direct mTLS gateway with no client bundle: the gateway's
+/// request for a client certificate gives it away, and the command names the missing
+/// bundle and the `pki issue` that makes it, within seconds, browser or not (it used to
+/// wait up to 300 s for a browser sign-in that could never work).
+#[test]
+fn an_mtls_gateway_without_a_bundle_is_named_at_once() {
+    let sb = Sandbox::new();
+    sb.run(&["pki", "init"]).ok();
+    let gw = openshell_tests::Gateway::builder()
+        .pki(&sb.default_pki_dir())
+        .spawn();
+    let mtls = sb.gw_dir("prod").join("mtls");
+    let endpoint = gw.endpoint();
+    for extra in [&[][..], &["--browser"][..]] {
+        let started = std::time::Instant::now();
+        let mut args = vec!["gateway", "add", &endpoint, "--name", "prod"];
+        args.extend_from_slice(extra);
+        let r = sb.run(&args).fails();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            r.stderr.contains("asks for a client certificate")
+                && r.stderr.contains("direct mTLS gateway"),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains(&mtls.display().to_string()),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            r.stderr
+                .contains("openshell pki issue <user> --gateway prod"),
+            "{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("/auth/connect"), "{}", r.stderr);
+        assert!(!sb.gw_dir("prod").exists());
+        assert_eq!(sb.active(), None);
+    }
+    // The fix it names works.
+    sb.run(&["pki", "issue", "alice", "--gateway", "prod"]).ok();
+    sb.run(&["gateway", "add", &gw.endpoint(), "--name", "prod"])
+        .ok();
+    sb.run(&["status"]).ok();
+}
+
 #[test]
 fn login_timeout_rolls_back_to_no_active_gateway() {
     let sb = Sandbox::new();
     let live = Live::spawn(
         &sb,
-        &["gateway", "add", "gw.test", "--name", "cloud"],
+        &["gateway", "add", "gw.test", "--name", "cloud", "--browser"],
         &[("OPENSHELL_LOGIN_TIMEOUT_SECS", "1")],
     );
     let run = live.finish().fails();

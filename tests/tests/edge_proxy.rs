@@ -93,6 +93,18 @@ fn sign_in(s: &Setup, args: &[&str]) {
 fn sign_in_through_the_proxy_and_work_through_it() {
     let s = setup();
     let endpoint = format!("https://{}", s.nginx.addr);
+    // Without --auth: the proxy asks for no client certificate, so this is edge (a
+    // browser sign-in), and with no terminal and no --browser that is an error at once.
+    let r =
+        s.u.run(&["gateway", "add", &endpoint, "--name", "detected"])
+            .fails();
+    assert!(
+        r.stderr.contains("needs a browser sign-in") && r.stderr.contains("--browser"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("Cannot tell"), "{}", r.stderr);
+    assert!(!r.stderr.contains("pki issue"), "{}", r.stderr);
     sign_in(
         &s,
         &[
@@ -103,6 +115,7 @@ fn sign_in_through_the_proxy_and_work_through_it() {
             "production",
             "--auth",
             "edge",
+            "--browser",
         ],
     );
     let token = s.u.gw_dir("production").join("edge_token");
@@ -133,7 +146,7 @@ fn sign_in_through_the_proxy_and_work_through_it() {
     );
 
     // Signing in again fixes it; logging out removes the token.
-    sign_in(&s, &["gateway", "login", "production"]);
+    sign_in(&s, &["gateway", "login", "production", "--browser"]);
     s.u.run(&["status"]).ok();
     s.u.run(&["gateway", "logout", "production"]).ok();
     assert!(!token.exists());

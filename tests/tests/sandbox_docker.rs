@@ -9,6 +9,54 @@ use std::time::Duration;
 use openshell_tests::sandboxes::image;
 use openshell_tests::{SandboxEnv, assert_eventually};
 
+/// Two gateways with their own state directories and default ids on one engine: the second
+/// one's start-up reconcile, which removes workloads of its id that it has no record of,
+/// leaves the first one's sandbox alone. (Every gateway used to default to the id
+/// `openshell`, so each removed the other's sandboxes as leaks.)
+#[test]
+fn a_second_gateway_on_the_engine_leaves_the_first_ones_sandboxes_alone() {
+    let a = SandboxEnv::docker();
+    a.u.run(&["sandbox", "create", "--name", "first"]).ok();
+    assert_eq!(a.containers().len(), 1);
+
+    let b = SandboxEnv::docker();
+    assert_ne!(a.id, b.id, "two state directories share a gateway id");
+    assert_eventually!(
+        Duration::from_secs(30),
+        b.logs().contains("reconciled sandboxes with the runtime"),
+        "the second gateway did not reconcile:\n{}",
+        b.logs()
+    );
+    assert!(!b.logs().contains("removing a workload"), "{}", b.logs());
+    assert_eq!(a.containers().len(), 1, "{}", b.logs());
+    assert_eq!(a.phase("first"), "Ready");
+    let list = b.u.run(&["sandbox", "list", "-o", "json"]).ok().json();
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+
+    // A restart keeps the id (and so the sandbox) of its state directory.
+    let mut a = a;
+    let id = a.id.clone();
+    a.restart_gateway();
+    assert_eventually!(
+        Duration::from_secs(30),
+        a.logs().contains("reconciled sandboxes with the runtime"),
+        "no reconcile after the restart:\n{}",
+        a.logs()
+    );
+    assert!(
+        a.logs().contains(&format!("gateway id {id}")),
+        "{}",
+        a.logs()
+    );
+    assert_eq!(a.containers().len(), 1);
+    assert_eventually!(
+        Duration::from_secs(30),
+        a.phase("first") == "Ready",
+        "not Ready after the restart: {}",
+        a.phase("first")
+    );
+}
+
 #[test]
 fn sandbox_lifecycle_on_docker() {
     let mut s = SandboxEnv::docker();

@@ -386,6 +386,36 @@ fn transfers(s: &SandboxEnv) {
         "top\n"
     );
 
+    // Modes from the sandbox are not trusted: no setuid, setgid, sticky or world-write
+    // lands locally, and the user's umask applies (the CLI inherits this process's).
+    exec(
+        s,
+        "box",
+        "mkdir /tmp/modes && echo x >/tmp/modes/tool && chmod 6777 /tmp/modes/tool && chmod 1777 /tmp/modes",
+    )
+    .ok();
+    s.u.run(&[
+        "sandbox",
+        "download",
+        "box",
+        "/tmp/modes",
+        back.to_str().unwrap(),
+    ])
+    .ok();
+    let umask = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+        .unwrap();
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    };
+    let allowed = 0o777 & !(umask | 0o002);
+    assert_eq!(mode(&back.join("modes/tool")), allowed);
+    assert_eq!(mode(&back.join("modes")), allowed);
+
     // Bad input: nothing is written on either side.
     let r =
         s.u.run(&["sandbox", "upload", "box", "/no/such/file"])

@@ -415,7 +415,8 @@ fn vm_host_problems_are_reported() {
 }
 
 /// The driver on its own: the main process's exit code and output come back through the
-/// console, files on the disk survive a stop/start (a second boot), ids and names are
+/// console, environment values arrive unevaluated and do not disturb the guest's init,
+/// files on the disk survive a stop/start (a second boot), ids and names are
 /// unique, another gateway sees nothing, watch reports the transitions, delete is
 /// idempotent. Two boots.
 #[tokio::test(flavor = "multi_thread")]
@@ -449,10 +450,19 @@ async fn vm_driver_exit_codes_persistence_and_ownership() {
             "/bin/sh".into(),
             "-c".into(),
             "if [ -f /root/mark ]; then echo second-boot $GREETING; else echo first-boot; \
+             tr '\\0' '\\n' </proc/$$/environ | grep -E '^(IFS|B|TRICK)='; \
              echo x >/root/mark; sync; fi; exit 3"
                 .into(),
         ],
-        env: [("GREETING".into(), "hello 'vm'".into())].into(),
+        // Values the guest's init once evaluated in its own shell: IFS and B (the init's
+        // busybox path) broke its later commands, `$(...)` would run.
+        env: [
+            ("GREETING".into(), "hello 'vm'".into()),
+            ("IFS".into(), "/b".into()),
+            ("B".into(), "/bin/false".into()),
+            ("TRICK".into(), "$(echo pwned) `echo pwned`".into()),
+        ]
+        .into(),
         ..SandboxSpec::new(openshell_tests::sandboxes::test_image("vm"))
     };
     let mut events = driver.watch().await.unwrap();
@@ -507,6 +517,9 @@ async fn vm_driver_exit_codes_persistence_and_ownership() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(lines.iter().any(|l| l == "first-boot"), "{lines:?}");
+    for want in ["IFS=/b", "B=/bin/false", "TRICK=$(echo pwned) `echo pwned`"] {
+        assert!(lines.iter().any(|l| l == want), "{want}: {lines:?}");
+    }
     assert!(
         lines.iter().any(|l| l == "second-boot hello 'vm'"),
         "{lines:?}"

@@ -192,7 +192,9 @@ fn bypass_reason(gw: &ResolvedGateway, global: &GlobalArgs, env: &Env) -> Option
 
 /// The agent's connection for `gw` when one is running and serves this registration;
 /// `None` (connect directly) otherwise. A socket nobody listens on is removed. Never an
-/// error: the agent is an accelerator, and every failure falls back silently (debug log).
+/// error: the agent is an accelerator, and every failure falls back silently (debug log),
+/// except a socket of another user, which is refused with a warning before anything is
+/// sent to it (its owner, its directory's, and the serving process's uid are checked).
 pub async fn connect_if_running(gw: &ResolvedGateway, global: &GlobalArgs) -> Option<Connection> {
     let env = Env::process();
     if let Some(why) = bypass_reason(gw, global, env) {
@@ -218,6 +220,15 @@ pub async fn connect_if_running(gw: &ResolvedGateway, global: &GlobalArgs) -> Op
         }
         Err(TransportError::NoAgent { .. }) => {
             remove_stale(&paths.socket);
+            None
+        }
+        // Said out loud: someone is listening where this user's agent would, and the user
+        // should know; the command itself is safe on its own connection.
+        Err(TransportError::UntrustedAgent(why)) => {
+            eprintln!(
+                "⚠ {why}
+  Connecting to the gateway directly."
+            );
             None
         }
         Err(e) => {

@@ -1,7 +1,10 @@
 //! `openshell gateway`: register, select, list and remove gateways, and log in to edge ones.
 //!
 //! Everything here works on the local registry (`crate::config`); nothing talks to a gateway
-//! except the browser login, which only listens on loopback for the token.
+//! except the browser login, which only listens on loopback for the token, and `add`'s
+//! probe of a gateway given no credentials: one TLS handshake, without a certificate, to
+//! see whether it asks for one (a direct mTLS gateway) or not (edge: a browser sign-in).
+//! A browser sign-in is waited for only with a terminal on stdin or with `--browser`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -20,6 +23,7 @@ use crate::config::{
     AuthMode, Endpoint, Env, GatewayName, Layout, Registration, Source, login, registry,
 };
 use crate::output::{self, OutputFormat};
+use openshell_transport::probe::ClientAuth;
 
 #[derive(Debug, clap::Args)]
 pub struct GatewayArgs {
@@ -40,6 +44,9 @@ pub enum GatewayCommand {
     Login {
         /// Gateway to sign in to (default: the active one).
         name: Option<String>,
+        /// Wait for the browser sign-in even when stdin is not a terminal.
+        #[arg(long)]
+        browser: bool,
     },
     /// Delete the stored token of an edge gateway.
     Logout {
@@ -91,6 +98,11 @@ pub struct AddArgs {
     /// Replace mTLS certificates that are already installed and still valid.
     #[arg(long)]
     pub force: bool,
+    /// Wait for an edge gateway's browser sign-in even when stdin is not a terminal (a
+    /// script that completes it, a browser elsewhere). Without it and without a terminal,
+    /// a gateway that needs a sign-in is an error at once.
+    #[arg(long)]
+    pub browser: bool,
 }
 
 pub async fn run(args: GatewayArgs, global: &GlobalArgs) -> Result<ExitCode, CliError> {
@@ -99,7 +111,9 @@ pub async fn run(args: GatewayArgs, global: &GlobalArgs) -> Result<ExitCode, Cli
     match args.command {
         GatewayCommand::Add(add_args) => add(add_args, &layout, env).await,
         GatewayCommand::Remove { name } => remove(name, global, &layout, env),
-        GatewayCommand::Login { name } => login_cmd(name, global, &layout, env).await,
+        GatewayCommand::Login { name, browser } => {
+            login_cmd(name, browser, global, &layout, env).await
+        }
         GatewayCommand::Logout { name } => logout(name, global, &layout, env),
         GatewayCommand::Select { name } => select(name, global, &layout, env),
         GatewayCommand::List { output } => list(output, global, &layout, env),
@@ -144,6 +158,27 @@ async fn add(a: AddArgs, layout: &Layout, env: &Env) -> Result<ExitCode, CliErro
     let auth = choose_auth(&a, &endpoint, &installed)?;
     // Read the bundle before writing anything, so a bad file leaves no trace.
     let new_bundle = a.bundle.as_deref().map(bundle::read_bundle).transpose()?;
+    // Edge was only the default (no --auth, no credentials): ask the gateway first.
+    let mut guessed = false;
+    if auth == AuthMode::Edge && a.auth.is_none() {
+        match probe_auth(&endpoint).await {
+            ClientAuth::Requested => {
+                return Err(missing_bundle(
+                    &name,
+                    &endpoint,
+                    &mtls_dir,
+                    Some("asks for a client certificate, so it is a direct mTLS gateway"),
+                ));
+            }
+            ClientAuth::NotRequested => {}
+            ClientAuth::Unknown(why) => {
+                guessed = true;
+                eprintln!(
+                    "⚠ Cannot tell whether {endpoint} wants a client certificate ({why}); assuming edge authentication (a browser sign-in)."
+                );
+            }
+        }
+    }
 
     let mut installed_fresh = false;
     if auth == AuthMode::Mtls {
@@ -175,13 +210,7 @@ async fn add(a: AddArgs, layout: &Layout, env: &Env) -> Result<ExitCode, CliErro
                     ));
                 }
                 Installed::Absent => {
-                    return Err(CliError::hint(
-                        format!("mTLS certificates for gateway '{name}' were not found."),
-                        format!(
-                            "Place ca.crt, tls.crt and tls.key in {}, or pass a bundle with --bundle FILE",
-                            mtls_dir.display()
-                        ),
-                    ));
+                    return Err(missing_bundle(&name, &endpoint, &mtls_dir, None));
                 }
             },
         }
@@ -196,6 +225,12 @@ async fn add(a: AddArgs, layout: &Layout, env: &Env) -> Result<ExitCode, CliErro
     // The config directory is checked first so an unwritable one fails before the browser.
     let token = if auth == AuthMode::Edge {
         registry::ensure_user_root(layout.user_root()?)?;
+        let mtls_fix = guessed.then(|| {
+            format!(
+                "If it is a direct mTLS gateway, install a client certificate first: openshell pki issue <user> --gateway {name}"
+            )
+        });
+        login::ensure_attended(a.browser, &endpoint, mtls_fix.as_deref())?;
         Some(login::browser_login(&endpoint, env).await?)
     } else {
         None
@@ -234,6 +269,43 @@ async fn add(a: AddArgs, layout: &Layout, env: &Env) -> Result<ExitCode, CliErro
         eprintln!("  Auth: {auth}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long `gateway add` spends finding out whether a gateway wants a client certificate.
+const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What the gateway asks of a client without a certificate (one TLS handshake, no
+/// credentials sent).
+async fn probe_auth(endpoint: &Endpoint) -> ClientAuth {
+    match openshell_transport::Endpoint::parse(&endpoint.to_string()) {
+        Ok(ep) => openshell_transport::probe::client_auth(&ep, &[], PROBE_LIMIT).await,
+        Err(e) => ClientAuth::Unknown(e.to_string()),
+    }
+}
+
+/// No client bundle for an mTLS gateway: which files, where, and the commands that make
+/// them. `why`: what showed the gateway wants one, when it was not the user's choice.
+fn missing_bundle(
+    name: &GatewayName,
+    endpoint: &Endpoint,
+    mtls_dir: &std::path::Path,
+    why: Option<&str>,
+) -> CliError {
+    let found = match why {
+        Some(why) => format!("Gateway '{name}' at {endpoint} {why}, and "),
+        None => String::new(),
+    };
+    CliError::hint(
+        format!(
+            "{found}mTLS certificates for gateway '{name}' were not found.
+No client bundle (ca.crt, tls.crt, tls.key) in {}",
+            mtls_dir.display()
+        ),
+        format!(
+            "Issue one from the gateway's CA (on the machine that holds it): openshell pki issue <user> --gateway {name}
+Or import a bundle: openshell gateway add {endpoint} --name {name} --bundle FILE"
+        ),
+    )
 }
 
 /// The auth mode for `gateway add`, refusing combinations that cannot work.
@@ -321,6 +393,7 @@ fn remove(
 
 async fn login_cmd(
     name: Option<String>,
+    browser: bool,
     global: &GlobalArgs,
     layout: &Layout,
     env: &Env,
@@ -332,6 +405,7 @@ async fn login_cmd(
             "Gateway '{name}' does not use edge or OIDC authentication.\nOnly edge-authenticated and OIDC gateways support browser login."
         )));
     }
+    login::ensure_attended(browser, &reg.endpoint, None)?;
     let token = login::browser_login(&reg.endpoint, env).await?;
     login::store_token(
         &layout.user_gateway_dir(&name)?.join(EDGE_TOKEN_FILE),

@@ -166,15 +166,8 @@ pub async fn download(
         .tempdir_in(&parent)
         .map_err(|e| CliError::msg(format!("cannot write in {}: {e}", parent.display())))?;
     let unpack_dir = staging.path().to_path_buf();
-    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
-        let counted = Counting::new(stdout);
-        let mut archive = tar::Archive::new(counted);
-        archive.set_preserve_permissions(true);
-        archive.set_overwrite(false);
-        // `unpack` refuses entries that would land outside the directory.
-        archive.unpack(&unpack_dir)?;
-        Ok(archive.into_inner().bytes)
-    });
+    let mask = local_mask();
+    let reader = std::thread::spawn(move || unpack_download(stdout, &unpack_dir, mask));
     let status = child
         .wait()
         .map_err(|e| CliError::msg(format!("cannot run ssh: {e}")))?;
@@ -206,6 +199,43 @@ pub async fn download(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Unpacks a download's tar stream into `dir` and returns the bytes read. The modes in the
+/// stream come from the sandbox, which is not trusted with the user's files: setuid, setgid
+/// and sticky bits are dropped, and `mask` is cleared from the permission bits (the user's
+/// umask plus world-write), so a download never lands as a setuid program or a file every
+/// local user may change. Owners are never taken from the stream either (the user owns
+/// what they download), and entries that would land outside `dir` are refused.
+fn unpack_download(source: impl std::io::Read, dir: &Path, mask: u32) -> std::io::Result<u64> {
+    let mut archive = tar::Archive::new(Counting::new(source));
+    // Without preservation the tar crate keeps only the 0o777 bits, then clears `mask`.
+    archive.set_preserve_permissions(false);
+    archive.set_preserve_ownerships(false);
+    archive.set_mask(mask);
+    archive.set_overwrite(false);
+    archive.unpack(dir)?;
+    Ok(archive.into_inner().bytes)
+}
+
+/// The permission bits a download may not set: the process's umask, and always the
+/// world-write bit. The umask is read from /proc (setting it to read it would race with
+/// other threads creating files); without /proc the usual 022 is assumed.
+fn local_mask() -> u32 {
+    const WORLD_WRITE: u32 = 0o002;
+    let umask = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| parse_umask(&status))
+        .unwrap_or(0o022);
+    umask | WORLD_WRITE
+}
+
+/// The `Umask:` line of /proc/PID/status (Linux 4.7 and later).
+fn parse_umask(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+}
+
 /// Counts bytes passing through a reader or writer.
 struct Counting<T> {
     inner: T,
@@ -234,5 +264,70 @@ impl<T: std::io::Read> std::io::Read for Counting<T> {
         let n = self.inner.read(buf)?;
         self.bytes += n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A tar stream as a hostile sandbox could send it: a setuid+setgid world-writable
+    /// program, a sticky world-writable directory holding a group-writable file, and a
+    /// root-owned entry.
+    fn hostile_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o1777);
+        dir.set_size(0);
+        b.append_data(&mut dir, "item/", std::io::empty()).unwrap();
+        let mut add = |path: &str, mode: u32| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(mode);
+            h.set_size(4);
+            h.set_uid(0);
+            h.set_gid(0);
+            b.append_data(&mut h, path, &b"data"[..]).unwrap();
+        };
+        add("item/tool", 0o6777);
+        add("item/shared", 0o664);
+        add("item/plain", 0o644);
+        b.into_inner().unwrap()
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn downloads_drop_setuid_setgid_sticky_and_world_write_and_apply_the_umask() {
+        let tar = hostile_tar();
+        for (umask, tool, shared, dir) in [
+            (0o022, 0o755, 0o644, 0o755),
+            (0o077, 0o700, 0o600, 0o700),
+            // Even a user whose umask allows world-write gets none from a sandbox.
+            (0o000, 0o775, 0o664, 0o775),
+        ] {
+            let out = tempfile::tempdir().unwrap();
+            let n = unpack_download(&tar[..], out.path(), umask | 0o002).unwrap();
+            // Counted up to the end-of-archive marker (the zero padding after it is not read).
+            assert!(n > 0 && n <= tar.len() as u64, "{n}");
+            let item = out.path().join("item");
+            assert_eq!(mode(&item.join("tool")), tool, "umask {umask:o}");
+            assert_eq!(mode(&item.join("shared")), shared, "umask {umask:o}");
+            assert_eq!(mode(&item.join("plain")), 0o644 & !umask, "umask {umask:o}");
+            assert_eq!(mode(&item), dir, "umask {umask:o}");
+            assert_eq!(std::fs::read(item.join("tool")).unwrap(), b"data");
+        }
+    }
+
+    #[test]
+    fn the_umask_is_read_from_proc() {
+        let status = "Name:\topenshell\nUmask:\t0027\nState:\tR\n";
+        assert_eq!(parse_umask(status), Some(0o027));
+        assert_eq!(parse_umask("Name: x\n"), None);
+        // This process's own, as the kernel reports it.
+        assert!(local_mask() & 0o002 != 0);
     }
 }

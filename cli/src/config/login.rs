@@ -7,12 +7,14 @@
 //!                                        ---- sign in ---------------->
 //!                                        <--- redirect to callback ----
 //!  <-- GET/POST /callback?token=..&state=..
-//!  state == ours? store edge_token (0600) : refuse
+//!  state == ours? store edge_token (0600) : answer 400, keep waiting
 //!  --> "you can close this window"
 //! ```
 //!
 //! The random `state` ties the callback to this login: any other page that makes the
-//! browser hit the callback cannot plant a token, because it cannot know the state.
+//! browser hit the callback cannot plant a token, because it cannot know the state. Nor can
+//! it end the login: a callback with another state is answered with an error page and
+//! ignored, and the CLI keeps waiting for the real one.
 
 use std::path::Path;
 use std::time::Duration;
@@ -28,6 +30,31 @@ use crate::CliError;
 const MAX_REQUEST: usize = 64 * 1024;
 /// Time one connection has to send its request; a stalled one must not block the login.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Refuses to wait for a browser sign-in that nobody can do: without a terminal on stdin
+/// (a script, CI, a service) the wait would last the whole login timeout for nothing.
+/// `asked` (`--browser`) waits anyway; `extra` is one more way out for the hint.
+pub fn ensure_attended(
+    asked: bool,
+    endpoint: &Endpoint,
+    extra: Option<&str>,
+) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    if asked || std::io::stdin().is_terminal() {
+        return Ok(());
+    }
+    let mut hint = "Run it in a terminal, or pass --browser to print the sign-in URL and wait for the sign-in anyway".to_string();
+    if let Some(extra) = extra {
+        hint.push('\n');
+        hint.push_str(extra);
+    }
+    Err(CliError::hint(
+        format!(
+            "{endpoint} needs a browser sign-in (edge authentication), and stdin is not a terminal: not waiting for one"
+        ),
+        hint,
+    ))
+}
 
 /// Runs the browser flow against `endpoint` and returns the token it delivered.
 pub async fn browser_login(endpoint: &Endpoint, env: &Env) -> Result<String, CliError> {
@@ -123,8 +150,8 @@ async fn accept_callback(listener: &TcpListener, state: &str) -> Result<String, 
     }
 }
 
-/// Answers one connection. `None` when it was not a callback (malformed, other path): the
-/// login goes on waiting.
+/// Answers one connection. `None` when it was not this login's callback (malformed, other
+/// path, another state): the login goes on waiting.
 async fn handle_connection(mut stream: TcpStream, state: &str) -> Option<Result<String, CliError>> {
     let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)).await {
         Ok(Ok(r)) => r,
@@ -146,16 +173,20 @@ async fn handle_connection(mut stream: TcpStream, state: &str) -> Option<Result<
     };
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     if get("state") != Some(state) {
+        // Any web page the user visits can make the browser request this URL, and a stale
+        // tab can replay an old login's callback: neither may end this login, or anyone
+        // could cancel it at will. Only the answer carrying our state settles it.
         let _ = respond(
             &mut stream,
             400,
-            "Login refused: this callback does not belong to the login started by the CLI.",
+            "Login refused: this callback does not belong to the login the CLI is waiting for. \
+             Finish signing in in the window the CLI opened.",
         )
         .await;
-        return Some(Err(CliError::hint(
-            "login refused: the callback's state does not match this login (a stale or forged callback)",
-            "Run the login again and complete it in the browser window it opens",
-        )));
+        eprintln!(
+            "⚠ Ignored a login callback that does not carry this login's state (a stale or forged callback); still waiting"
+        );
+        return None;
     }
     if let Some(err) = get("error") {
         let _ = respond(&mut stream, 400, "Login failed. You can close this window.").await;

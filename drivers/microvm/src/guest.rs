@@ -28,8 +28,18 @@ fn is_env_name(k: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// The script the guest init sources: the main process's environment, the host's clock
-/// (for a guest whose RTC is unusable) and the command as positional parameters.
+/// The script the guest init sources: the host's clock (for a guest whose RTC is unusable)
+/// and the main process's environment and command as positional parameters, in this order:
+/// `NAME=VALUE`..., then the parameters the init had set before sourcing (its launcher:
+/// `busybox chroot /newroot`), then the command. The init runs `busybox env "$@"`.
+///
+/// The values are never evaluated, nor assigned to a variable of the init's shell, so none
+/// can change how the init runs: each word is single-quoted, and inside single quotes a
+/// POSIX shell gives every character its literal meaning (`'` is written `'\''`: close,
+/// an escaped quote, reopen), so `$(...)`, backquotes, `$VAR`, newlines and globs arrive
+/// as written; `"$@"` then expands to exactly these words, unsplit (IFS plays no part).
+/// `busybox env` splits each `NAME=VALUE` at its first `=` (names cannot hold one), and
+/// NUL, which no environment or argument can carry, is refused here.
 pub fn env_script(
     env: &BTreeMap<String, String>,
     command: &[String],
@@ -40,7 +50,7 @@ pub fn env_script(
             "no command to run: the spec and the image name none".into(),
         ));
     }
-    let mut out = String::new();
+    let mut out = format!("OPENSHELL_VM_EPOCH={epoch_secs}\nset --");
     for (k, v) in env {
         if !is_env_name(k) {
             return Err(DriverError::InvalidSpec(format!(
@@ -48,11 +58,28 @@ pub fn env_script(
                  digits and '_', not starting with a digit"
             )));
         }
-        out.push_str(&format!("export {k}={}\n", shell_quote(v)));
+        if v.contains('\0') {
+            return Err(DriverError::InvalidSpec(format!(
+                "the value of environment variable {k} contains a NUL byte, which no environment can hold"
+            )));
+        }
+        out.push(' ');
+        out.push_str(&shell_quote(&format!("{k}={v}")));
     }
-    out.push_str(&format!("OPENSHELL_VM_EPOCH={epoch_secs}\n"));
-    out.push_str("set --");
+    out.push_str(" \"$@\"");
+    if command[0].contains('=') {
+        // `env` would take it for one more variable.
+        return Err(DriverError::InvalidSpec(format!(
+            "the command {:?} contains '=', which a VM cannot run (name the program by a path without one)",
+            command[0]
+        )));
+    }
     for arg in command {
+        if arg.contains('\0') {
+            return Err(DriverError::InvalidSpec(
+                "an argument of the command contains a NUL byte, which no argument can hold".into(),
+            ));
+        }
         out.push(' ');
         out.push_str(&shell_quote(arg));
     }
@@ -293,17 +320,97 @@ mod tests {
             ("PEM".to_string(), "-----BEGIN-----\nab'c\n".to_string()),
         ]);
         let s = env_script(&env, &["/bin/sh".into(), "-c".into(), "echo $A".into()], 7).unwrap();
-        assert!(s.contains("export A='x y'\n"), "{s}");
+        assert!(s.starts_with("OPENSHELL_VM_EPOCH=7\n"), "{s}");
         assert!(
-            s.contains("export PEM='-----BEGIN-----\nab'\\''c\n'\n"),
+            s.ends_with(
+                "set -- 'A=x y' 'PEM=-----BEGIN-----\nab'\\''c\n' \"$@\" '/bin/sh' '-c' 'echo $A'\n"
+            ),
             "{s}"
         );
-        assert!(s.contains("OPENSHELL_VM_EPOCH=7\n"), "{s}");
-        assert!(s.ends_with("set -- '/bin/sh' '-c' 'echo $A'\n"), "{s}");
         let bad = BTreeMap::from([("A-B".to_string(), String::new())]);
         let e = env_script(&bad, &["x".into()], 0).unwrap_err().to_string();
         assert!(e.contains("\"A-B\""), "{e}");
         assert!(env_script(&env, &[], 0).is_err());
+        let nul = BTreeMap::from([("A".to_string(), "a\0b".to_string())]);
+        assert!(env_script(&nul, &["x".into()], 0).is_err());
+        assert!(env_script(&env, &["A=b".into()], 0).is_err());
+    }
+
+    /// The generated script run the way the guest init runs it, by a real POSIX shell
+    /// (here the host's `sh`; the guest's is busybox ash, same quoting rules): values that
+    /// would change a shell's behaviour if they were assigned or evaluated (IFS, PATH, the
+    /// init's own `B`, `$(...)`, backquotes, quotes, newlines, globs) reach the main process
+    /// byte for byte, and the init's own variables are untouched.
+    #[test]
+    fn hostile_values_reach_the_main_process_verbatim() {
+        let dir = std::env::temp_dir().join(format!("openshell-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let marker = dir.join("evaluated");
+        let env = BTreeMap::from([
+            ("IFS".to_string(), "/b".to_string()),
+            ("B".to_string(), "/bin/false".to_string()),
+            ("PATH".to_string(), "/nowhere".to_string()),
+            (
+                "TRICK".to_string(),
+                format!(
+                    "$(touch {m}) `touch {m}` ${{HOME}} * '\"\\\n;",
+                    m = marker.display()
+                ),
+            ),
+            ("EMPTY".to_string(), String::new()),
+            ("EQ".to_string(), "a=b=c".to_string()),
+        ]);
+        let args = ["$(touch x)", "a b", "", "*", "'"];
+        let mut command = vec!["/usr/bin/env".to_string(), "-0".to_string()];
+        let script_for = |command: &[String]| {
+            let path = dir.join("env");
+            std::fs::write(&path, env_script(&env, command, 42).unwrap()).unwrap();
+            path
+        };
+        // As init.sh: its launcher set first (here `env`, which passes everything on as
+        // `chroot` does), the script sourced, `env "$@"` run (`-i` here, so only what the
+        // script passes is printed); the init's own `B` and word splitting checked after.
+        let init = r#"B=/bin/busybox
+set -- /usr/bin/env
+. "$1_script"
+[ "$B" = /bin/busybox ] || { echo "B changed: $B" >&2; exit 9; }
+( set -- $B; [ $# = 1 ] ) || { echo "IFS changed" >&2; exit 9; }
+[ "$OPENSHELL_VM_EPOCH" = 42 ] || { echo "epoch: $OPENSHELL_VM_EPOCH" >&2; exit 9; }
+exec /usr/bin/env -i "$@""#;
+        let run = |script: &std::path::Path| {
+            let init = init.replace("$1_script", &script.display().to_string());
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&init)
+                .env_clear()
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            out.stdout
+        };
+        let out = run(&script_for(&command));
+        let got: BTreeMap<String, String> = out
+            .split(|b| *b == 0)
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let kv = String::from_utf8(kv.to_vec()).unwrap();
+                let (k, v) = kv.split_once('=').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect();
+        assert_eq!(got, env);
+        command = vec!["/usr/bin/printf".to_string(), "%s\\0".to_string()];
+        command.extend(args.iter().map(|a| a.to_string()));
+        let out = run(&script_for(&command));
+        let got: Vec<&[u8]> = out.split(|b| *b == 0).collect();
+        let want: Vec<&[u8]> = args
+            .iter()
+            .map(|a| a.as_bytes())
+            .chain([&b""[..]])
+            .collect();
+        assert_eq!(got, want);
+        assert!(!marker.exists(), "a value was evaluated");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 # Guest PID 1 of the MicroVM driver (written into the VM's initramfs at each start).
 # Loads the virtio modules, mounts the sandbox's ext4 disk, brings up QEMU user networking,
 # then runs the main process chrooted into the disk with the environment the driver wrote
-# to /openshell/env (0600, removed once read). When the main process ends it prints the
+# to /openshell/env (0600, removed once read). That file only sets positional parameters
+# (NAME=VALUE words, the launcher set below, the command), all single-quoted: no value is
+# evaluated or becomes a variable of this shell, so none can change what runs here. When the main process ends it prints the
 # exit marker the driver reads back and powers the VM off. The disk is mounted with a 1 s
 # commit interval so that a VM killed from outside loses at most about a second of writes.
 B=/bin/busybox
@@ -44,6 +46,7 @@ $B hostname "${OPENSHELL_HOSTNAME:-sandbox}"
 # Dirty pages reach the disk within about a second too (the defaults are 30 s).
 echo 100 >/proc/sys/vm/dirty_expire_centisecs
 echo 100 >/proc/sys/vm/dirty_writeback_centisecs
+set -- $B chroot /newroot
 . /openshell/env
 $B rm -f /openshell/env
 # The RTC gives the time at boot; the driver's clock is the fallback for a guest without it.
@@ -52,7 +55,7 @@ now=$($B date +%s)
 unset OPENSHELL_VM_EPOCH
 echo "openshell-init: starting the main process"
 cd /newroot
-$B chroot /newroot "$@" </dev/null &
+$B env "$@" </dev/null &
 child=$!
 # The driver asks for a clean stop by writing `stop` to the serial console (its QEMU
 # socket): the main process gets SIGTERM, as in a container stop. No echo, so the request

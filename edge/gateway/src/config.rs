@@ -174,9 +174,13 @@ pub struct Args {
     )]
     pub k8s_image_pull_policy: PullPolicy,
 
-    /// This gateway's id, written into the ownership labels of its workloads.
-    #[arg(long, default_value = "openshell", env = "OPENSHELL_GATEWAY_ID")]
-    pub gateway_id: String,
+    /// This gateway's id, written into the ownership labels of its workloads; it removes
+    /// workloads labelled with it that it has no record of. Default: an id generated at the
+    /// state directory's first start and kept in `<state-dir>/gateway-id` (a state
+    /// directory from before then keeps `openshell`). Two gateways on one runtime must
+    /// never share it.
+    #[arg(long, env = "OPENSHELL_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
 
     /// How often the PKI files are checked for changes (certificate rotation, revocation).
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
@@ -350,7 +354,8 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     pub reload_interval: Duration,
     pub driver: Option<DriverChoice>,
-    pub gateway_id: String,
+    /// `None`: the state directory's own (see [`crate::identity`]).
+    pub gateway_id: Option<String>,
     pub sandbox_image: String,
     pub sandbox_callback: Option<String>,
     pub podman_socket: Option<PathBuf>,

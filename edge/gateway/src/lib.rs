@@ -12,6 +12,7 @@ pub mod compute;
 pub mod config;
 mod error;
 pub mod health;
+pub mod identity;
 pub mod metrics;
 pub mod relays;
 pub mod reload;
@@ -59,6 +60,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     openshell_pki::fs::ensure_private_dir(&config.state_dir)?;
+    // Before the store opens: a state directory from before per-directory ids is
+    // recognised by its database.
+    let gateway_id = identity::resolve(&config.state_dir, config.gateway_id.as_deref())?;
+    tracing::info!(gateway_id = %gateway_id, "gateway id {gateway_id}");
     let db_path = config
         .state_dir
         .join(openshell_store::SqliteStore::DEFAULT_FILE_NAME);
@@ -103,7 +108,7 @@ pub async fn run(
     let compute = Arc::new(
         compute::Compute::select(
             config.driver,
-            &config.gateway_id,
+            gateway_id.as_str(),
             &compute::DriverSettings {
                 podman_socket: config.podman_socket.clone(),
                 kubernetes: config.kubernetes.clone(),
@@ -132,7 +137,7 @@ pub async fn run(
     });
     let rpc_metrics = Arc::new(metrics::RpcMetrics::default());
     let facts = services::openshell::GatewayFacts {
-        name: config.gateway_id.clone(),
+        name: gateway_id.to_string(),
         listen_addresses: Vec::new(),
     };
     let mut server_config = ServerConfig::new(config.listen, tls.clone());

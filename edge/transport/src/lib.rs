@@ -3,7 +3,9 @@
 //! Owns: QUIC endpoints (quinn + rustls, ALPN `h3`), the adapter that carries tonic gRPC over
 //! HTTP/3 (one request = one QUIC stream), byte tunnels as HTTP CONNECT streams on the same
 //! connection, the TCP fallback (TLS 1.3 + HTTP/2) serving the same services, mTLS
-//! identities, 0-RTT gating and the client's QUIC-first / TCP-fallback connector.
+//! identities, 0-RTT gating, the client's QUIC-first / TCP-fallback connector, the
+//! ownership checks of the local agent's socket, and the probe of whether an endpoint asks
+//! for a client certificate (`probe`).
 //!
 //! Does not own: what RPCs do (the gateway), where tunnels go (a `TunnelService` the
 //! gateway provides), certificate issuance (`openshell-pki`), or configuration files.
@@ -15,6 +17,7 @@ pub mod config;
 pub mod congestion;
 mod h3io;
 pub mod identity;
+pub mod probe;
 pub mod server;
 pub mod tls;
 pub mod tunnel;
@@ -111,6 +114,10 @@ pub enum TransportError {
     /// The local agent could not be used (refused, unanswered, or not speaking our protocol).
     #[error("{0}")]
     Agent(String),
+    /// The agent's socket, or the process serving it, belongs to another user: nothing was
+    /// sent to it.
+    #[error("{0}")]
+    UntrustedAgent(String),
 }
 
 impl TransportError {

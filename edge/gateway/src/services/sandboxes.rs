@@ -554,6 +554,7 @@ impl Sandboxes {
             .list(&KIND, &LabelSelector::everything(), None, 0)
             .await?;
         let workloads = driver.list().await?;
+        let (seen, mut removed) = (workloads.len(), 0);
         let mut wanted: HashMap<String, (String, bool)> = HashMap::new();
         for obj in &records {
             let rec = decode(obj)?;
@@ -563,8 +564,11 @@ impl Sandboxes {
             match wanted.get(w.id.as_str()) {
                 None => {
                     tracing::warn!(id = %w.id, name = %w.name, "removing a workload with no sandbox record");
-                    if let Err(e) = driver.delete(&w.id).await {
-                        tracing::warn!(id = %w.id, error = %e, "cannot remove a leaked workload");
+                    match driver.delete(&w.id).await {
+                        Ok(()) => removed += 1,
+                        Err(e) => {
+                            tracing::warn!(id = %w.id, error = %e, "cannot remove a leaked workload")
+                        }
                     }
                 }
                 Some((name, true)) if matches!(w.state, WorkloadState::Stopped { .. }) => {
@@ -576,6 +580,11 @@ impl Sandboxes {
                 Some(_) => {}
             }
         }
+        tracing::info!(
+            workloads = seen,
+            removed,
+            "reconciled sandboxes with the runtime"
+        );
         Ok(())
     }
 

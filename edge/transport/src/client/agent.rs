@@ -44,11 +44,14 @@ pub async fn connect_agent(
 }
 
 /// Connects without the identity check (for `agent status` and `agent stop`, which talk to
-/// the agent itself rather than through it).
+/// the agent itself rather than through it). The ownership checks of [`check_owner`] and
+/// [`check_peer`] still apply: nothing is sent to a socket of another user.
 pub async fn connect_agent_unchecked(
     socket: &Path,
     endpoint: &Endpoint,
 ) -> Result<Connection, TransportError> {
+    let uid = rustix::process::geteuid().as_raw();
+    check_owner(socket, uid)?;
     let stream = UnixStream::connect(socket).await.map_err(|e| {
         let detail = e.to_string();
         let socket = socket.display().to_string();
@@ -61,8 +64,101 @@ pub async fn connect_agent_unchecked(
             }
         }
     })?;
+    check_peer(&stream, socket, uid)?;
     let cfg = ClientConfig::new(endpoint.clone(), None);
     h2::handshake(stream, Peer::Agent, &cfg, http::uri::Scheme::HTTP, None).await
+}
+
+/// What to do about an agent socket that is not this user's.
+const NOT_YOURS_FIX: &str = "another user may be impersonating your agent: remove it (or \
+     its directory), or point XDG_RUNTIME_DIR at a directory only you can write";
+
+/// Refuses a socket that is not this user's before connecting: the agent relays every
+/// request (provider credentials among them) and every tunnel, so an impostor listening
+/// where the agent would would see them all. The socket must be a socket owned by `uid`,
+/// in a directory owned by `uid` that nobody else may write (or someone else could swap
+/// the socket). A missing socket is [`TransportError::NoAgent`].
+pub(crate) fn check_owner(socket: &Path, uid: u32) -> Result<(), TransportError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = match std::fs::symlink_metadata(socket) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(TransportError::NoAgent {
+                socket: socket.display().to_string(),
+                detail: e.to_string(),
+            });
+        }
+        Err(e) => {
+            return Err(TransportError::Agent(format!(
+                "cannot inspect the agent socket {}: {e}",
+                socket.display()
+            )));
+        }
+    };
+    let refuse = |what: String| {
+        Err(TransportError::UntrustedAgent(format!(
+            "not using the agent socket {}: {what}; {NOT_YOURS_FIX}",
+            socket.display()
+        )))
+    };
+    if !meta.file_type().is_socket() {
+        return refuse("it is not a socket".into());
+    }
+    if meta.uid() != uid {
+        return refuse(format!(
+            "it belongs to uid {}, not to you (uid {uid})",
+            meta.uid()
+        ));
+    }
+    let dir = match socket.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let dmeta = std::fs::symlink_metadata(dir)
+        .map_err(|e| TransportError::Agent(format!("cannot inspect {}: {e}", dir.display())))?;
+    if !dmeta.is_dir() {
+        return refuse(format!("{} is not a directory", dir.display()));
+    }
+    if dmeta.uid() != uid {
+        return refuse(format!(
+            "its directory {} belongs to uid {}, not to you (uid {uid})",
+            dir.display(),
+            dmeta.uid()
+        ));
+    }
+    if dmeta.mode() & 0o022 != 0 {
+        return refuse(format!(
+            "its directory {} is writable by others (mode {:04o})",
+            dir.display(),
+            dmeta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a connected socket whose listening process runs as another uid (SO_PEERCRED),
+/// before a byte is written: the file checks cannot see who holds the listening end.
+pub(crate) fn check_peer(
+    stream: &UnixStream,
+    socket: &Path,
+    uid: u32,
+) -> Result<(), TransportError> {
+    let cred = stream.peer_cred().map_err(|e| {
+        TransportError::Agent(format!(
+            "cannot read the credentials of the agent at {}: {e}",
+            socket.display()
+        ))
+    })?;
+    if cred.uid() != uid {
+        return Err(TransportError::UntrustedAgent(format!(
+            "not using the agent socket {}: the process serving it runs as uid {} (pid {}), not as you (uid {uid}); {NOT_YOURS_FIX}",
+            socket.display(),
+            cred.uid(),
+            cred.pid()
+                .map_or_else(|| "unknown".to_string(), |p| p.to_string())
+        )));
+    }
+    Ok(())
 }
 
 impl Connection {
@@ -145,6 +241,39 @@ mod tests {
                 );
             }
         });
+    }
+
+    #[tokio::test]
+    async fn sockets_of_other_users_or_in_open_directories_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let me = rustix::process::geteuid().as_raw();
+        assert!(matches!(
+            check_owner(&socket, me),
+            Err(TransportError::NoAgent { .. })
+        ));
+        let _listener = UnixListener::bind(&socket).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        check_owner(&socket, me).unwrap();
+        // As seen by another uid: neither the socket nor the directory is theirs.
+        let err = check_owner(&socket, me + 1).unwrap_err().to_string();
+        assert!(err.contains(&format!("belongs to uid {me}")), "{err}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_owner(&socket, me).unwrap_err().to_string();
+        assert!(err.contains("writable by others"), "{err}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"").unwrap();
+        let err = check_owner(&file, me).unwrap_err().to_string();
+        assert!(err.contains("not a socket"), "{err}");
+
+        let stream = UnixStream::connect(&socket).await.unwrap();
+        check_peer(&stream, &socket, me).unwrap();
+        let err = check_peer(&stream, &socket, me + 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("runs as uid {me}")), "{err}");
     }
 
     #[tokio::test]
