@@ -119,7 +119,7 @@ async fn linger_after_alert(mut tcp: tokio::net::TcpStream) {
     .await;
 }
 
-async fn serve_h2<IO>(io: IO, peer: SocketAddr, principal: Option<Principal>, shared: Shared)
+pub(super) async fn serve_h2<IO>(io: IO, peer: SocketAddr, principal: Option<Principal>, shared: Shared)
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
