@@ -166,7 +166,15 @@ pub async fn download(
         .tempdir_in(&parent)
         .map_err(|e| CliError::msg(format!("cannot write in {}: {e}", parent.display())))?;
     let unpack_dir = staging.path().to_path_buf();
-    let reader = std::thread::spawn(move || unpack_download(stdout, &unpack_dir));
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let counted = Counting::new(stdout);
+        let mut archive = tar::Archive::new(counted);
+        archive.set_preserve_permissions(true);
+        archive.set_overwrite(false);
+        // `unpack` refuses entries that would land outside the directory.
+        archive.unpack(&unpack_dir)?;
+        Ok(archive.into_inner().bytes)
+    });
     let status = child
         .wait()
         .map_err(|e| CliError::msg(format!("cannot run ssh: {e}")))?;
@@ -196,20 +204,6 @@ pub async fn download(
         target.display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Unpacks the tar stream a sandbox sent for `sandbox download` into `dir`, a fresh staging
-/// directory; returns how many bytes were read. The stream is the sandbox's, so untrusted:
-/// public (hidden) so that `fuzz/` can feed it arbitrary bytes.
-#[doc(hidden)]
-pub fn unpack_download(stream: impl std::io::Read, dir: &Path) -> std::io::Result<u64> {
-    let counted = Counting::new(stream);
-    let mut archive = tar::Archive::new(counted);
-    archive.set_preserve_permissions(true);
-    archive.set_overwrite(false);
-    // `unpack` refuses entries that would land outside the directory.
-    archive.unpack(dir)?;
-    Ok(archive.into_inner().bytes)
 }
 
 /// Counts bytes passing through a reader or writer.
