@@ -35,7 +35,10 @@ fn base() -> &'static ServerMaterial {
 }
 
 /// Builds the gateway's client-certificate verifier; errors are fine, panics are not.
-fn verifier(client_roots: Vec<CertificateDer<'static>>, crls: Vec<CertificateRevocationListDer<'static>>) {
+fn verifier(
+    client_roots: Vec<CertificateDer<'static>>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) {
     let mut material = base().clone();
     if !client_roots.is_empty() {
         material.client_roots = client_roots;

@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data)
         && let Some(target) = TunnelTarget::parse(text)
     {
-        assert_eq!(target.to_string(), text, "accepted a non-canonical spelling");
+        assert_eq!(
+            target.to_string(),
+            text,
+            "accepted a non-canonical spelling"
+        );
     }
     if let Ok(value) = http::HeaderValue::from_bytes(data) {
         let mut headers = http::HeaderMap::new();
