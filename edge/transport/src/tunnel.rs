@@ -49,11 +49,15 @@ impl TunnelTarget {
             ["sink"] => Some(TunnelTarget::Sink),
             ["service", n] if valid(n) => Some(TunnelTarget::Service(n.to_string())),
             ["sandbox", n, "ssh"] if valid(n) => Some(TunnelTarget::SandboxSsh(n.to_string())),
-            ["sandbox", n, "port", p] if valid(n) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .map(|p| TunnelTarget::SandboxPort(n.to_string(), p)),
+            // Digits only, no leading zero: `u16::from_str` also takes `+22` and `022`,
+            // and a port must have one spelling.
+            ["sandbox", n, "port", p]
+                if valid(n) && p.bytes().all(|b| b.is_ascii_digit()) && !p.starts_with('0') =>
+            {
+                p.parse::<u16>()
+                    .ok()
+                    .map(|p| TunnelTarget::SandboxPort(n.to_string(), p))
+            }
             ["relay", id] if valid(id) => Some(TunnelTarget::Relay(id.to_string())),
             _ => None,
         }
@@ -135,6 +139,26 @@ mod tests {
                 proptest::prop_assert_eq!(TunnelTarget::parse(&t.to_string()), Some(t));
             }
         }
+    }
+
+    /// Found by the `tunnel_target` fuzz target: `str::parse::<u16>` takes a leading `+`
+    /// and leading zeros, so one port had many spellings and `sandbox/a/port/+22` printed
+    /// back as `sandbox/a/port/22`.
+    #[test]
+    fn a_port_has_one_spelling() {
+        for bad in [
+            "sandbox/a/port/+22",
+            "sandbox/a/port/022",
+            "sandbox/a/port/00",
+            "sandbox/a/port/+0",
+            "sandbox/a/port/ 22",
+        ] {
+            assert_eq!(TunnelTarget::parse(bad), None, "{bad}");
+        }
+        assert_eq!(
+            TunnelTarget::parse("sandbox/a/port/65535"),
+            Some(TunnelTarget::SandboxPort("a".into(), 65535))
+        );
     }
 
     #[test]

@@ -102,6 +102,33 @@ impl ConnMeta {
     }
 }
 
+/// Serves one HTTP/2 connection on `io` exactly as the TCP listener serves an accepted
+/// (TLS-terminated) socket, with the given principal, gRPC service and tunnel service.
+/// Returns when the connection ends. For the `h2_server` fuzz target.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub async fn serve_h2_for_fuzzing<IO>(
+    io: IO,
+    principal: Option<Principal>,
+    grpc: GrpcService,
+    tunnels: Arc<dyn TunnelService>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), None);
+    let (_drain_tx, draining) = watch::channel(false);
+    let shared = Shared {
+        grpc,
+        tunnels,
+        registry: Arc::new(ConnectionRegistry::default()),
+        metrics: Arc::new(TransportMetrics::default()),
+        draining,
+        next_id: Arc::new(AtomicU64::new(1)),
+        config: Arc::new(config),
+    };
+    tcp::serve_h2(io, SocketAddr::from(([127, 0, 0, 1], 1)), principal, shared).await;
+}
+
 /// Per-request context, inserted as a request extension.
 #[derive(Debug, Clone)]
 pub struct RequestContext {

@@ -119,8 +119,12 @@ async fn linger_after_alert(mut tcp: tokio::net::TcpStream) {
     .await;
 }
 
-async fn serve_h2<IO>(io: IO, peer: SocketAddr, principal: Option<Principal>, shared: Shared)
-where
+pub(super) async fn serve_h2<IO>(
+    io: IO,
+    peer: SocketAddr,
+    principal: Option<Principal>,
+    shared: Shared,
+) where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let meta = ConnMeta::new(shared.next_conn_id(), peer, TransportKind::Tcp, None);
