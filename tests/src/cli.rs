@@ -143,6 +143,12 @@ impl CliUser {
     pub fn enroll(&self, port: u16) {
         self.run(&["pki", "issue", "alice", "--gateway", "local"])
             .ok();
+        self.register(port);
+    }
+
+    /// Registers the gateway listening on `port` of 127.0.0.1 as `local`, the active
+    /// gateway, with the credentials already in `gateways/local/mtls/`.
+    pub fn register(&self, port: u16) {
         self.run(&[
             "gateway",
             "add",

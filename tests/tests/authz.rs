@@ -534,14 +534,7 @@ fn identity(s: &SandboxEnv, name: &'static str, roles: &[&str]) -> Identity {
     }
     s.u.run(&args).ok();
     let port = s.gw.as_ref().unwrap().addr.port();
-    user.run(&[
-        "gateway",
-        "add",
-        &format!("https://127.0.0.1:{port}"),
-        "--name",
-        "local",
-    ])
-    .ok();
+    user.register(port);
     Identity { name, user }
 }
 
@@ -602,16 +595,7 @@ fn four_identities_every_rpc_and_tunnel_on_every_path() {
         )
         .unwrap();
     }
-    alice
-        .user
-        .run(&[
-            "gateway",
-            "add",
-            &endpoint.replace("quic://", "https://"),
-            "--name",
-            "local",
-        ])
-        .ok();
+    alice.user.register(s.gw.as_ref().unwrap().addr.port());
     let ids = [
         identity(&s, "root", &["admin"]),
         alice,

@@ -30,12 +30,7 @@ struct Identity {
 }
 
 pub async fn run(args: WhoamiArgs, global: &GlobalArgs) -> Result<ExitCode, CliError> {
-    let Some(gw) = crate::config::resolve_optional(global)? else {
-        return Err(CliError::hint(
-            "No gateway configured.",
-            "Register a gateway with: openshell gateway add <endpoint>",
-        ));
-    };
+    let gw = crate::config::resolve(global)?;
     let conn = crate::client::connect(&gw, global).await?;
     let me = match OpenShellClient::new(conn.conn.channel())
         .get_current_user(GetCurrentUserRequest {})

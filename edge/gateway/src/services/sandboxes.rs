@@ -133,6 +133,21 @@ fn decode(obj: &StoredObject) -> Result<Record, GatewayError> {
     })
 }
 
+/// The sandboxes `caller` lists or watches: `selector` narrowed to its own, or every
+/// owner's with `all` (for those who may read them).
+fn scope(
+    caller: &Caller,
+    selector: HashMap<String, String>,
+    all: bool,
+) -> Result<LabelSelector, GatewayError> {
+    owners::scope(
+        caller,
+        selector.into_iter().collect(),
+        all,
+        Action::ReadAllSandboxes,
+    )
+}
+
 fn phase_of(
     running: bool,
     workload: Option<&WorkloadState>,
@@ -445,12 +460,7 @@ impl Sandboxes {
         offset: u32,
         all: bool,
     ) -> Result<Vec<Sandbox>, GatewayError> {
-        let selector = owners::scope(
-            caller,
-            selector.into_iter().collect(),
-            all,
-            Action::ReadAllSandboxes,
-        )?;
+        let selector = scope(caller, selector, all)?;
         self.list_selected(&selector, limit, offset).await
     }
 
@@ -607,12 +617,7 @@ impl Sandboxes {
     > {
         use openshell_proto::sandbox_event::Kind;
         let all = all || (!name.is_empty() && caller.may(Action::ReadAllSandboxes, None).is_ok());
-        let selector = owners::scope(
-            caller,
-            selector.into_iter().collect(),
-            all,
-            Action::ReadAllSandboxes,
-        )?;
+        let selector = scope(caller, selector, all)?;
         let this = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
