@@ -410,15 +410,31 @@ impl Ca {
         validity: Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedCert, PkiError> {
+        let key = self.index.key_type.generate()?;
+        let mut issued = self.build_client_for(cn, units, kind, validity, now, &key)?;
+        issued.key_pem = key.serialize_pem();
+        Ok(issued)
+    }
+
+    /// A client certificate for `public` (the holder keeps the private key; `key_pem` is
+    /// left empty).
+    fn build_client_for(
+        &self,
+        cn: &str,
+        units: &[String],
+        kind: CertKind,
+        validity: Duration,
+        now: OffsetDateTime,
+        public: &impl rcgen::PublicKeyData,
+    ) -> Result<IssuedCert, PkiError> {
         let (mut params, serial) = self.leaf_params(validity, now)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, cn);
         params.distinguished_name = dn;
-        let key = self.index.key_type.generate()?;
         let issuer = self.issuer()?;
         let cert = params
-            .signed_by(&key, &issuer)
+            .signed_by(public, &issuer)
             .map_err(PkiError::crypto("sign the client certificate"))?;
         // rcgen holds one OU at most; write the real subject ourselves (see der.rs).
         let der =
@@ -426,7 +442,7 @@ impl Ca {
         Ok(IssuedCert {
             serial: serial.clone(),
             cert_pem: pem::encode("CERTIFICATE", &der),
-            key_pem: key.serialize_pem(),
+            key_pem: String::new(),
             entry: IndexEntry {
                 serial,
                 subject_cn: cn.to_string(),
@@ -644,6 +660,40 @@ impl Ca {
         self.index.certificates.push(issued.entry.clone());
         self.commit(change, now)?;
         Ok((issued.cert_pem, issued.key_pem, issued.serial))
+    }
+
+    /// Renews a sandbox supervisor's credential: a certificate like
+    /// [`mint_sandbox_credential`](Self::mint_sandbox_credential)'s, from the current CA, for
+    /// the key of `csr_pem`. The request's signature is verified (its sender holds the key);
+    /// nothing else of it is used, so a request cannot choose its name, roles or validity.
+    /// Returns (cert PEM, serial).
+    pub fn sign_sandbox_csr(
+        &mut self,
+        sandbox_id: &str,
+        csr_pem: &str,
+        validity: Duration,
+    ) -> Result<(String, Serial), PkiError> {
+        names::check_sandbox_id(sandbox_id)?;
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            PkiError::BadInput {
+                what: "the certificate request".into(),
+                why: format!("{e}; send a PKCS#10 request (PEM) signed by the new key"),
+            }
+        })?;
+        let change = self.change()?;
+        let now = OffsetDateTime::now_utc();
+        let cn = format!("{SANDBOX_CN_PREFIX}{sandbox_id}");
+        let issued = self.build_client_for(
+            &cn,
+            &[SANDBOX_OU.to_string()],
+            CertKind::Sandbox,
+            validity,
+            now,
+            &csr.public_key,
+        )?;
+        self.index.certificates.push(issued.entry.clone());
+        self.commit(change, now)?;
+        Ok((issued.cert_pem, issued.serial))
     }
 
     /// Re-issues the gateway certificate (`rotate-server`). `extra_sans` are added to the

@@ -870,3 +870,49 @@ fn types_the_gateway_shares_across_tasks_are_send_and_sync() {
     check::<ClientBundle>();
     check::<CertInfo>();
 }
+
+#[test]
+fn a_sandbox_renews_with_a_request_for_its_own_key_and_nothing_else_of_it_counts() {
+    let mut t = TestPki::new();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut asked = rcgen::CertificateParams::new(vec!["evil.example".into()]).unwrap();
+    asked
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "admin");
+    let csr = asked.serialize_request(&key).unwrap().pem().unwrap();
+    let (cert, serial) =
+        t.ca.sign_sandbox_csr("sb-2", &csr, Duration::days(1))
+            .unwrap();
+    let info = inspect_bytes(cert.as_bytes(), "renewed", Some(&t.dir)).unwrap();
+    // The name and role are the sandbox's, whatever the request said.
+    assert_eq!(info.subject_cn.as_deref(), Some("sandbox:sb-2"));
+    assert_eq!(info.roles, ["sandbox"]);
+    assert_eq!(
+        t.dir.lookup(&serial).unwrap().unwrap().kind,
+        CertKind::Sandbox
+    );
+    // The certificate carries the requester's key.
+    let der = ders(&cert).remove(0);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert_eq!(
+        parsed.public_key().subject_public_key.data.as_ref(),
+        key.public_key_raw()
+    );
+    assert_eq!(client_ok(&t.client_verifier(), &cert), Ok(()));
+    // Garbage, and a request whose signature does not match its key, are refused.
+    let err = t.ca.sign_sandbox_csr("sb-2", "nope", Duration::days(1));
+    assert!(
+        err.unwrap_err().to_string().contains("certificate request"),
+        "garbage accepted"
+    );
+    let tampered = {
+        let (tag, mut raw) = crate::pem::blocks(csr.as_bytes(), "csr").unwrap().remove(0);
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        crate::pem::encode(&tag, &raw)
+    };
+    assert!(
+        t.ca.sign_sandbox_csr("sb-2", &tampered, Duration::days(1))
+            .is_err()
+    );
+}

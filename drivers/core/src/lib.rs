@@ -25,17 +25,19 @@
 //!
 //! This crate does no I/O of its own; it does not talk to any runtime.
 
+pub mod credentials;
 mod driver;
 mod error;
 pub mod errtext;
 mod fake;
 mod types;
 
+pub use credentials::{CREDENTIAL_DIR, Credentials, SUPERVISOR_CAPABILITIES};
 pub use driver::{ComputeDriver, EventStream, LogStream};
 pub use error::DriverError;
 pub use fake::{FakeDriver, FakeRuntime};
 pub use types::{
     DriverHealth, DriverInfo, GatewayId, LABEL_GATEWAY, LABEL_IMAGE, LABEL_MANAGED, LABEL_PREFIX,
-    LABEL_SANDBOX_ID, LABEL_SANDBOX_NAME, LogLine, OutputStream, SECRET_ENV, SandboxId,
-    SandboxName, SandboxSpec, WorkloadEvent, WorkloadState, WorkloadStatus,
+    LABEL_SANDBOX_ID, LABEL_SANDBOX_NAME, LogLine, OutputStream, SandboxId, SandboxName,
+    SandboxSpec, WorkloadEvent, WorkloadState, WorkloadStatus,
 };

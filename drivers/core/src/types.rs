@@ -20,16 +20,6 @@ pub const LABEL_GATEWAY: &str = "openshell.gateway";
 /// Podman's `localhost/...`).
 pub const LABEL_IMAGE: &str = "openshell.image";
 
-/// Environment variables of [`SandboxSpec::env`] that carry secrets: the sandbox's TLS
-/// credential and its SSH host key, set by the gateway. Backends that can keep secrets apart
-/// (a Kubernetes Secret, a 0600 file) keep these there, never in a spec others can read.
-pub const SECRET_ENV: [&str; 4] = [
-    "OPENSHELL_TLS_CA_PEM",
-    "OPENSHELL_TLS_CERT_PEM",
-    "OPENSHELL_TLS_KEY_PEM",
-    "OPENSHELL_SSH_HOST_KEY_PEM",
-];
-
 /// Checks the charset shared by ids that end up in label values and filters.
 fn check_token(kind: &str, s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 64 {
@@ -173,6 +163,9 @@ pub struct SandboxSpec {
     pub labels: BTreeMap<String, String>,
     /// The main process; empty = the image's default command.
     pub command: Vec<String>,
+    /// Files only the supervisor may read (see [`crate::credentials`]); never read back,
+    /// so the spec of a [`WorkloadStatus`] has none.
+    pub credentials: crate::Credentials,
 }
 
 impl SandboxSpec {

@@ -11,12 +11,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, EventMessage, HostConfig, ResourcesUlimits, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, EventMessage, HostConfig, Ipam, IpamConfig, NetworkCreateRequest,
+    ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, EventsOptions, LogsOptions, RemoveContainerOptions,
-    StartContainerOptions, StopContainerOptions,
+    StartContainerOptions, StopContainerOptions, UploadToContainerOptions,
 };
 use futures::StreamExt;
 use openshell_drivers::{
@@ -26,6 +26,7 @@ use openshell_drivers::{
 };
 use tokio::sync::Mutex;
 
+use crate::isolation;
 use crate::lines::LineSplitter;
 use crate::raw::{self, RawError};
 
@@ -86,8 +87,9 @@ pub struct ContainerSettings {
     /// found by their labels, not their names, so changing it loses nothing, but names taken
     /// under the old prefix stay taken until those sandboxes are deleted.
     pub name_prefix: String,
-    /// Network to attach containers to. Default `None`: the runtime's default network
-    /// (`bridge` on Docker, `podman` on Podman).
+    /// Network to attach containers to. Default `None`: a network of its own per sandbox
+    /// (see [`crate::isolation`]), so sandboxes cannot reach each other. A named network is
+    /// shared: sandboxes on it reach each other's ports.
     pub network: Option<String>,
     /// How long `stop` waits after SIGTERM before SIGKILL. Default 10 s, Docker's own. A
     /// shorter one makes stops faster and gives the sandbox less time to save its work.
@@ -396,6 +398,7 @@ impl Engine {
             env,
             labels,
             command: config.cmd.unwrap_or_default(),
+            credentials: Default::default(),
         };
         Ok(WorkloadStatus {
             id,
@@ -406,18 +409,36 @@ impl Engine {
         })
     }
 
-    fn create_body(
+    fn labels(
         &self,
         id: &SandboxId,
         name: &SandboxName,
         spec: &SandboxSpec,
-    ) -> Result<ContainerCreateBody, DriverError> {
+    ) -> HashMap<String, String> {
         let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
         labels.insert(LABEL_MANAGED.into(), "true".into());
         labels.insert(LABEL_GATEWAY.into(), self.gateway.to_string());
         labels.insert(LABEL_SANDBOX_ID.into(), id.to_string());
         labels.insert(LABEL_SANDBOX_NAME.into(), name.to_string());
         labels.insert(LABEL_IMAGE.into(), spec.image.clone());
+        labels
+    }
+
+    /// The network a sandbox's container joins: the one the operator named, or its own.
+    fn network_of(&self, id: &SandboxId) -> String {
+        self.settings
+            .network
+            .clone()
+            .unwrap_or_else(|| isolation::network_name(&self.settings.name_prefix, id))
+    }
+
+    fn create_body(
+        &self,
+        id: &SandboxId,
+        name: &SandboxName,
+        spec: &SandboxSpec,
+    ) -> Result<ContainerCreateBody, DriverError> {
+        let labels = self.labels(id, name, spec);
         if let Some(m) = spec.memory
             && m < MIN_MEMORY
         {
@@ -458,7 +479,10 @@ impl Engine {
                 nano_cpus: spec.cpu.map(|c| (c * 1e9).round() as i64),
                 memory,
                 ulimits,
-                network_mode: self.settings.network.clone(),
+                network_mode: Some(self.network_of(id)),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(isolation::KEPT_CAPABILITIES.map(String::from).to_vec()),
+                security_opt: Some(isolation::SECURITY_OPT.map(String::from).to_vec()),
                 extra_hosts: (!self.flavor.extra_hosts.is_empty())
                     .then(|| self.flavor.extra_hosts.clone()),
                 // The gateway decides restarts.
@@ -519,6 +543,49 @@ impl Engine {
             Err(e) if status_code(&e) == Some(404) => return Err(image_missing()),
             Err(e) => return Err(self.error(&format!("inspect image {}", spec.image), e)),
         }
+        let network = match &self.settings.network {
+            Some(_) => None,
+            None => Some(
+                self.create_network(&docker, id, &self.labels(id, name, spec))
+                    .await?,
+            ),
+        };
+        let result = self.create_container(&docker, name, spec, body).await;
+        let result = match result {
+            Ok(container) => match self.deliver(&docker, &container, spec).await {
+                Ok(()) => Ok(container),
+                Err(e) => {
+                    if let Err(cleanup) = self.remove(&docker, &container).await {
+                        tracing::warn!(%container, error = %cleanup, "could not remove a container that failed to start");
+                    }
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        let container = match result {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(network) = network {
+                    self.remove_network(&docker, &network).await;
+                }
+                return Err(e);
+            }
+        };
+        self.inspect(&docker, &container).await
+    }
+
+    async fn create_container(
+        &self,
+        docker: &Docker,
+        name: &SandboxName,
+        spec: &SandboxSpec,
+        body: ContainerCreateBody,
+    ) -> Result<String, DriverError> {
+        let image_missing = || DriverError::ImageNotFound {
+            runtime: self.flavor.name.into(),
+            image: spec.image.clone(),
+        };
         let cname = self.container_name(name);
         let created = docker
             .create_container(
@@ -538,17 +605,92 @@ impl Engine {
                 Some(400) => DriverError::InvalidSpec(lowercase_first(&server_message(&e))),
                 _ => self.error(&format!("create container {cname}"), e),
             })?;
-        if let Err(e) = docker
-            .start_container(&created.id, None::<StartContainerOptions>)
-            .await
-        {
-            let err = self.error(&format!("start container {cname}"), e);
-            if let Err(cleanup) = self.remove(&docker, &created.id).await {
-                tracing::warn!(container = %created.id, error = %cleanup, "could not remove a container that failed to start");
-            }
-            return Err(err);
+        Ok(created.id)
+    }
+
+    /// Puts the credential into the created container, then starts it.
+    async fn deliver(
+        &self,
+        docker: &Docker,
+        container: &str,
+        spec: &SandboxSpec,
+    ) -> Result<(), DriverError> {
+        if !spec.credentials.is_empty() {
+            let tar =
+                isolation::credential_tar(&spec.credentials).map_err(|e| DriverError::Backend {
+                    runtime: self.flavor.name.into(),
+                    op: "build the credential archive".into(),
+                    message: e.to_string(),
+                })?;
+            docker
+                .upload_to_container(
+                    container,
+                    Some(UploadToContainerOptions {
+                        path: "/".into(),
+                        ..Default::default()
+                    }),
+                    bollard::body_full(tar.into()),
+                )
+                .await
+                .map_err(|e| {
+                    self.error(&format!("put the credential into container {container}"), e)
+                })?;
         }
-        self.inspect(&docker, &created.id).await
+        docker
+            .start_container(container, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| self.error(&format!("start container {container}"), e))
+    }
+
+    /// Creates the sandbox's own network on a free /28 of the pool.
+    async fn create_network(
+        &self,
+        docker: &Docker,
+        id: &SandboxId,
+        labels: &HashMap<String, String>,
+    ) -> Result<String, DriverError> {
+        let name = isolation::network_name(&self.settings.name_prefix, id);
+        let mut last = String::new();
+        for attempt in 0..16 {
+            let request = NetworkCreateRequest {
+                name: name.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(isolation::network_labels(labels)),
+                ipam: Some(Ipam {
+                    config: Some(vec![IpamConfig {
+                        subnet: Some(isolation::candidate_subnet(id, attempt)),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            match docker.create_network(request).await {
+                Ok(_) => return Ok(name),
+                Err(e) if isolation::is_subnet_taken(&server_message(&e)) => {
+                    last = server_message(&e);
+                }
+                Err(e) => return Err(self.error(&format!("create network {name}"), e)),
+            }
+        }
+        Err(DriverError::Backend {
+            runtime: self.flavor.name.into(),
+            op: format!("create network {name}"),
+            message: format!(
+                "16 subnets of the sandbox pool were tried and all are taken ({last}); delete unused networks (`{} network prune`)",
+                self.flavor.name
+            ),
+        })
+    }
+
+    /// Removes a sandbox's own network; one that is gone already is fine, and a failure is
+    /// only logged (the network holds nothing; the next delete of the sandbox retries).
+    async fn remove_network(&self, docker: &Docker, network: &str) {
+        if let Err(e) = docker.remove_network(network).await
+            && status_code(&e) != Some(404)
+        {
+            tracing::warn!(%network, error = %server_message(&e), "could not remove a sandbox network");
+        }
     }
 
     async fn remove(&self, docker: &Docker, container: &str) -> Result<(), DriverError> {
@@ -599,10 +741,17 @@ impl Engine {
 
     pub(crate) async fn delete(&self, id: &SandboxId) -> Result<(), DriverError> {
         let docker = self.client().await?;
-        match self.find(&docker, id).await? {
-            Some(container) => self.remove(&docker, &container).await,
-            None => Ok(()),
+        if let Some(container) = self.find(&docker, id).await? {
+            self.remove(&docker, &container).await?;
         }
+        if self.settings.network.is_none() {
+            self.remove_network(
+                &docker,
+                &isolation::network_name(&self.settings.name_prefix, id),
+            )
+            .await;
+        }
+        Ok(())
     }
 
     pub(crate) async fn get(&self, id: &SandboxId) -> Result<WorkloadStatus, DriverError> {

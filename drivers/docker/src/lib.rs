@@ -4,12 +4,14 @@
 //! in their defaults (socket, ulimits) and messages.
 //!
 //! Owns: turning a sandbox into a labelled container (`--cpu` as NanoCpus, `--memory` as
-//! Memory, no restart policy, the runtime's default network) and reading containers back.
+//! Memory, no restart policy, a network of its own, its credential as root-only files, all
+//! capabilities but a few dropped: see [`isolation`]) and reading containers back.
 //! Does not own: images (never pulled; build them locally, e.g. `scripts/build-sandbox-image`),
 //! sandbox records, phases or restarts (the gateway's), or starting the runtime itself.
 
 mod docker;
 mod engine;
+pub mod isolation;
 mod lines;
 mod podman;
 mod raw;

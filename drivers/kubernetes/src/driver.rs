@@ -10,6 +10,7 @@ use futures::io::AsyncBufReadExt;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Resource, ResourceExt};
@@ -141,7 +142,7 @@ impl Errors {
                         op,
                         format!(
                             "{message} (403 Forbidden): grant the gateway's account get, list, \
-                             watch, create and delete on pods and secrets in namespace `{ns}` \
+                             watch, create and delete on pods and secrets, and create and delete on networkpolicies, in namespace `{ns}` \
                              (RBAC), or pick a namespace where it has them with --k8s-namespace"
                         ),
                     ),
@@ -260,6 +261,27 @@ impl KubernetesDriver {
 
     fn secrets(&self) -> Api<Secret> {
         Api::namespaced(self.client.clone(), &self.errors.namespace)
+    }
+
+    fn network_policies(&self) -> Api<NetworkPolicy> {
+        Api::namespaced(self.client.clone(), &self.errors.namespace)
+    }
+
+    /// Removes a sandbox's NetworkPolicy; one that is gone already is fine.
+    async fn delete_network_policy(&self, object: &str) -> Result<(), DriverError> {
+        match self
+            .raw(
+                self.network_policies()
+                    .delete(object, &DeleteParams::default()),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(f) if f.code() == Some(404) => Ok(()),
+            Err(f) => Err(self
+                .errors
+                .map(&format!("delete network policy {object}"), f)),
+        }
     }
 
     /// One request, bounded by the request timeout.
@@ -566,14 +588,50 @@ impl ComputeDriver for KubernetesDriver {
             }
             Err(f) => return Err(self.errors.map(&format!("create secret {object}"), f)),
         };
-        match self.create_pod(&pod, &taken).await {
+        let policy = objects::network_policy(&self.config, id, name);
+        let created = match self
+            .raw(
+                self.network_policies()
+                    .create(&PostParams::default(), &policy),
+            )
+            .await
+        {
+            // Left behind by an earlier sandbox of this name whose delete was cut short:
+            // replace it, it selects by sandbox id.
+            Err(f) if f.code() == Some(409) => match self.delete_network_policy(&object).await {
+                Ok(()) => self
+                    .raw(
+                        self.network_policies()
+                            .create(&PostParams::default(), &policy),
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|f| {
+                        self.errors
+                            .map(&format!("create network policy {object}"), f)
+                    }),
+                Err(e) => Err(e),
+            },
+            Err(f) => Err(self
+                .errors
+                .map(&format!("create network policy {object}"), f)),
+            Ok(_) => Ok(()),
+        };
+        let created = match created {
+            Ok(()) => self.create_pod(&pod, &taken).await,
+            Err(e) => Err(e),
+        };
+        match created {
             Ok(pod) => {
                 self.mirror.put_secret(&secret);
                 self.mirror.put_pod(&pod);
                 self.status(Some(&pod), Some(&secret))
             }
             Err(e) => {
-                // Nothing half-created: the Secret goes again.
+                // Nothing half-created: the policy and the Secret go again.
+                if let Err(cleanup) = self.delete_network_policy(&object).await {
+                    tracing::warn!(policy = %object, error = %cleanup, "could not remove the network policy of a pod that failed to be created");
+                }
                 if let Err(f) = self
                     .raw(self.secrets().delete(&object, &DeleteParams::default()))
                     .await
@@ -674,6 +732,15 @@ impl ComputeDriver for KubernetesDriver {
         }
         if let (Some(pod), _) = &found {
             self.delete_pod(pod).await?;
+        }
+        // Named like the Secret and the Pod; found through either.
+        let object = found
+            .1
+            .as_ref()
+            .map(|s| s.name_any())
+            .or_else(|| found.0.as_ref().map(|p| p.name_any()));
+        if let Some(object) = object {
+            self.delete_network_policy(&object).await?;
         }
         Ok(())
     }

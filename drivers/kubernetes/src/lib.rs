@@ -1,23 +1,28 @@
 //! The Kubernetes compute backend: [`KubernetesDriver`] runs each sandbox as a Pod in one
 //! configured namespace, with the sandbox's credential in a Secret beside it.
 //!
-//! Owns: turning a sandbox into a labelled Pod and Secret (`--cpu`/`--memory` as equal
-//! requests and limits, the gateway's callback endpoint in the environment, the credential
-//! through `secretKeyRef`, `restartPolicy: Never`), reading them back, and watching Pods.
+//! Owns: turning a sandbox into a labelled Pod, Secret and NetworkPolicy (`--cpu`/`--memory`
+//! as equal requests and limits, the gateway's callback endpoint in the environment, the
+//! credential as a root-only Secret volume, all capabilities but the supervisor's dropped,
+//! no ingress, `restartPolicy: Never`), reading them back, and watching Pods.
 //! Does not own: images (pulled by the cluster per the configured pull policy), sandbox
 //! records, phases or restarts (the gateway's), the namespace or the RBAC rules (the
 //! cluster admin's: the gateway's account needs get/list/watch/create/delete on `pods` and
-//! `secrets` in the namespace, plus `pods/log` for `sandbox logs`).
+//! `secrets`, create/delete on `networkpolicies` in the namespace, plus `pods/log` for
+//! `sandbox logs`).
 //!
 //! # What is where
 //!
 //! ```text
 //!   Secret openshell-<name>        (labels: openshell.managed, .gateway, .sandbox-id, .sandbox-name)
-//!     data:        OPENSHELL_TLS_{CA,CERT,KEY}_PEM    the per-sandbox credential
+//!     data:        ca.pem, tls.crt, tls.key, ssh_host_key   the per-sandbox credential
 //!     annotation:  openshell.pod-template             the Pod as created (JSON), for `start`
 //!   Pod openshell-<name>           (same labels)
 //!     env:         OPENSHELL_ENDPOINT, OPENSHELL_SANDBOX_ID, user variables
-//!     env from:    secretKeyRef -> the Secret's credential keys (never inline in the Pod)
+//!     volume:      the Secret at /run/openshell/credentials, mode 0400 (never in the Pod spec)
+//!     security:    capabilities drop ALL, add the supervisor's few; no privilege escalation
+//!   NetworkPolicy openshell-<name> (same labels)
+//!     selects the sandbox's Pod by id; no ingress rule, so nothing reaches its ports
 //! ```
 //!
 //! Both carry the ownership labels, so the driver keeps no state: every answer is read from
@@ -63,4 +68,3 @@ mod objects;
 pub use config::{ClusterSource, KubernetesConfig, PullPolicy};
 pub use driver::KubernetesDriver;
 pub use error::KubeError;
-pub use objects::CREDENTIAL_ENV;

@@ -1,25 +1,30 @@
-//! The Pod and Secret of a sandbox: built from a [`SandboxSpec`] and read back into a
-//! [`WorkloadStatus`]. Pure functions, no I/O, so they are unit-tested without a cluster.
+//! The Pod, Secret and NetworkPolicy of a sandbox: built from a [`SandboxSpec`] and read
+//! back into a [`WorkloadStatus`]. Pure functions, no I/O, so they are unit-tested without a
+//! cluster.
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerStateWaiting, EnvVar, EnvVarSource, Pod, PodSpec, ResourceRequirements,
-    Secret, SecretKeySelector,
+    Capabilities, Container, ContainerStateWaiting, EnvVar, Pod, PodSpec, ResourceRequirements,
+    Secret, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use openshell_drivers::{
-    DriverError, GatewayId, LABEL_GATEWAY, LABEL_MANAGED, LABEL_PREFIX, LABEL_SANDBOX_ID,
-    LABEL_SANDBOX_NAME, SandboxId, SandboxName, SandboxSpec, WorkloadState, WorkloadStatus,
+    CREDENTIAL_DIR, DriverError, GatewayId, LABEL_GATEWAY, LABEL_MANAGED, LABEL_PREFIX,
+    LABEL_SANDBOX_ID, LABEL_SANDBOX_NAME, SUPERVISOR_CAPABILITIES, SandboxId, SandboxName,
+    SandboxSpec, WorkloadState, WorkloadStatus,
 };
 
 use crate::KubernetesConfig;
 
-/// Environment variables that carry the sandbox's credential and SSH host key. The gateway
-/// sets them (services/sandboxes.rs); this driver keeps their values in the Secret and points
-/// the Pod at them with `secretKeyRef`, so they never appear in the Pod spec.
-pub const CREDENTIAL_ENV: [&str; 4] = openshell_drivers::SECRET_ENV;
+/// The Pod volume of the credential: the Secret's files, root-only (0400), at
+/// [`CREDENTIAL_DIR`]. Nothing secret is in the Pod spec or the container's environment.
+const CREDENTIAL_VOLUME: &str = "openshell-credential";
+/// Mode of the credential files: read-only, for root (the supervisor) alone.
+const CREDENTIAL_MODE: i32 = 0o400;
 
 /// The Secret annotation holding the Pod as created (JSON), from which `start` recreates it.
 pub(crate) const TEMPLATE_ANNOTATION: &str = "openshell.pod-template";
@@ -121,31 +126,20 @@ pub(crate) fn build(
     spec: &SandboxSpec,
 ) -> Result<(Secret, Pod), DriverError> {
     let object = object_name(config, name);
-    let mut env = Vec::new();
-    let mut secret_data = BTreeMap::new();
-    for (k, v) in &spec.env {
-        if CREDENTIAL_ENV.contains(&k.as_str()) {
-            secret_data.insert(k.clone(), v.clone());
-            env.push(EnvVar {
-                name: k.clone(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: object.clone(),
-                        key: k.clone(),
-                        optional: Some(false),
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-        } else {
-            env.push(EnvVar {
-                name: k.clone(),
-                value: Some(v.clone()),
-                ..Default::default()
-            });
-        }
-    }
+    let env: Vec<EnvVar> = spec
+        .env
+        .iter()
+        .map(|(k, v)| EnvVar {
+            name: k.clone(),
+            value: Some(v.clone()),
+            ..Default::default()
+        })
+        .collect();
+    let secret_data: BTreeMap<String, ByteString> = spec
+        .credentials
+        .files()
+        .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+        .collect();
     let mut limits = BTreeMap::new();
     if let Some(cpu) = spec.cpu {
         limits.insert("cpu".to_string(), cpu_quantity(cpu)?);
@@ -170,6 +164,22 @@ pub(crate) fn build(
                 image_pull_policy: Some(config.image_pull_policy.as_str().into()),
                 command: (!spec.command.is_empty()).then(|| spec.command.clone()),
                 env: (!env.is_empty()).then_some(env),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: CREDENTIAL_VOLUME.into(),
+                    mount_path: CREDENTIAL_DIR.into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                }]),
+                // The supervisor keeps only what it needs; the workload runs as a user with
+                // none (see openshell_drivers::SUPERVISOR_CAPABILITIES).
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".into()]),
+                        add: Some(SUPERVISOR_CAPABILITIES.map(String::from).to_vec()),
+                    }),
+                    ..Default::default()
+                }),
                 // Requests equal to limits: the scheduler reserves what the sandbox may use.
                 resources: (!limits.is_empty()).then(|| ResourceRequirements {
                     requests: Some(limits.clone()),
@@ -178,6 +188,16 @@ pub(crate) fn build(
                 }),
                 ..Default::default()
             }],
+            volumes: Some(vec![Volume {
+                name: CREDENTIAL_VOLUME.into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(object.clone()),
+                    default_mode: Some(CREDENTIAL_MODE),
+                    optional: Some(false),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
             // The gateway decides restarts (and start recreates the Pod).
             restart_policy: Some("Never".into()),
             hostname: Some(name.to_string()),
@@ -202,11 +222,42 @@ pub(crate) fn build(
             )])),
             ..Default::default()
         },
-        string_data: Some(secret_data),
+        data: Some(secret_data),
         type_: Some("Opaque".into()),
         ..Default::default()
     };
     Ok((secret, pod))
+}
+
+/// The sandbox's NetworkPolicy: no ingress to its Pod at all. A sandbox needs none (its
+/// supervisor dials the gateway; users reach it through that session), so no other sandbox,
+/// nor anything else in the cluster, reaches its ports. Egress is the sandbox policy's to
+/// decide, inside the sandbox. Enforced by the cluster's network plugin, if it enforces
+/// NetworkPolicy (most do; kubenet and flannel alone do not).
+pub(crate) fn network_policy(
+    config: &KubernetesConfig,
+    id: &SandboxId,
+    name: &SandboxName,
+) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(object_name(config, name)),
+            labels: Some(ownership_labels(config, id, name)),
+            ..Default::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    LABEL_SANDBOX_ID.to_string(),
+                    id.to_string(),
+                )])),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(Vec::new()),
+            egress: None,
+        }),
+    }
 }
 
 /// The Pod a stopped sandbox's Secret holds, to create it again.
@@ -286,8 +337,8 @@ pub(crate) fn state_of(pod: &Pod) -> WorkloadState {
 }
 
 /// Reads a sandbox back from its Pod (if it runs) and its Secret (if it has one). The spec
-/// comes from the Pod, or from the Secret's template when the sandbox is stopped; credential
-/// variables are resolved from the Secret.
+/// comes from the Pod, or from the Secret's template when the sandbox is stopped; the
+/// credential is never read back.
 pub(crate) fn status_of(
     namespace: &str,
     pod: Option<&Pod>,
@@ -311,24 +362,12 @@ pub(crate) fn status_of(
         .as_ref()
         .and_then(|s| s.containers.iter().find(|c| c.name == CONTAINER))
         .ok_or("it has no `sandbox` container")?;
-    let secret_data = secret.and_then(|s| s.data.as_ref());
-    let mut env = BTreeMap::new();
-    for var in container.env.iter().flatten() {
-        if let Some(v) = &var.value {
-            env.insert(var.name.clone(), v.clone());
-        } else if let Some(key) = var
-            .value_from
-            .as_ref()
-            .and_then(|f| f.secret_key_ref.as_ref())
-            .map(|r| &r.key)
-        {
-            if let Some(v) = secret_data.and_then(|d| d.get(key)) {
-                env.insert(var.name.clone(), String::from_utf8_lossy(&v.0).into_owned());
-            }
-        } else {
-            env.insert(var.name.clone(), String::new());
-        }
-    }
+    let env: BTreeMap<String, String> = container
+        .env
+        .iter()
+        .flatten()
+        .map(|var| (var.name.clone(), var.value.clone().unwrap_or_default()))
+        .collect();
     let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref());
     let spec = SandboxSpec {
         image: container.image.clone().unwrap_or_default(),
@@ -337,6 +376,7 @@ pub(crate) fn status_of(
         env,
         labels,
         command: container.command.clone().unwrap_or_default(),
+        credentials: Default::default(),
     };
     let state = match pod {
         Some(p) => state_of(p),
@@ -385,50 +425,69 @@ mod tests {
     }
 
     #[test]
-    fn credential_goes_to_the_secret_and_reads_back() {
+    fn credential_is_a_root_only_secret_volume_and_never_read_back() {
         let id = SandboxId::generate();
         let name = SandboxName::new("box").unwrap();
+        let mut credentials = openshell_drivers::Credentials::default();
+        credentials.insert("tls.key", "PRIVATE").unwrap();
         let spec = SandboxSpec {
             cpu: Some(0.25),
             memory: Some(32 << 20),
-            env: [
-                ("OPENSHELL_ENDPOINT".into(), "https://gw:1".into()),
-                ("OPENSHELL_TLS_KEY_PEM".into(), "PRIVATE".into()),
-            ]
-            .into(),
+            env: [("OPENSHELL_ENDPOINT".into(), "https://gw:1".into())].into(),
             labels: [("team".into(), "edge".into())].into(),
             command: vec!["/bin/sh".into()],
+            credentials,
             ..SandboxSpec::new("img:1")
         };
-        let (mut secret, pod) = build(&config(), &id, &name, &spec).unwrap();
+        let (secret, pod) = build(&config(), &id, &name, &spec).unwrap();
         let pod_json = serde_json::to_string(&pod).unwrap();
         assert!(!pod_json.contains("PRIVATE"), "{pod_json}");
         assert!(pod_json.contains("https://gw:1"));
         assert_eq!(pod.metadata.name.as_deref(), Some("openshell-box"));
-        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let podspec = pod.spec.as_ref().unwrap();
+        let c = &podspec.containers[0];
         let r = c.resources.as_ref().unwrap();
         assert_eq!(r.limits, r.requests);
-        assert_eq!(
-            secret.string_data.as_ref().unwrap()["OPENSHELL_TLS_KEY_PEM"],
-            "PRIVATE"
-        );
-        // What the apiserver returns: data, not stringData.
-        secret.data = Some(
-            secret
-                .string_data
-                .take()
-                .unwrap()
-                .into_iter()
-                .map(|(k, v)| (k, k8s_openapi::ByteString(v.into_bytes())))
-                .collect(),
-        );
+        assert_eq!(secret.data.as_ref().unwrap()["tls.key"].0, b"PRIVATE");
+        let volume = podspec.volumes.as_ref().unwrap()[0]
+            .secret
+            .as_ref()
+            .unwrap();
+        assert_eq!(volume.secret_name.as_deref(), Some("openshell-box"));
+        assert_eq!(volume.default_mode, Some(0o400));
+        let mount = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(mount.mount_path, CREDENTIAL_DIR);
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let caps = sc.capabilities.as_ref().unwrap();
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+        // Read back without the credential.
+        let expected = SandboxSpec {
+            credentials: Default::default(),
+            ..spec
+        };
         let from_pod = status_of("ns", Some(&pod), Some(&secret)).unwrap();
-        assert_eq!(from_pod.spec, spec);
+        assert_eq!(from_pod.spec, expected);
         assert_eq!(from_pod.state, WorkloadState::Creating);
         assert_eq!(from_pod.runtime_id, "ns/openshell-box");
         let stopped = status_of("ns", None, Some(&secret)).unwrap();
-        assert_eq!(stopped.spec, spec);
+        assert_eq!(stopped.spec, expected);
         assert_eq!(stopped.state, WorkloadState::Stopped { exit_code: 0 });
+    }
+
+    #[test]
+    fn the_network_policy_admits_no_ingress_to_its_sandbox_only() {
+        let id = SandboxId::generate();
+        let policy = network_policy(&config(), &id, &SandboxName::new("box").unwrap());
+        let spec = policy.spec.unwrap();
+        assert_eq!(
+            spec.policy_types.as_deref(),
+            Some(&["Ingress".to_string()][..])
+        );
+        assert_eq!(spec.ingress.as_deref(), Some(&[][..]));
+        let selected = spec.pod_selector.unwrap().match_labels.unwrap();
+        assert_eq!(selected[LABEL_SANDBOX_ID], id.to_string());
+        assert_eq!(policy.metadata.name.as_deref(), Some("openshell-box"));
     }
 
     #[test]

@@ -7,9 +7,12 @@ use std::path::Path;
 
 use openshell_drivers::{DriverError, WorkloadState};
 
-/// The host as the guest sees it on QEMU user networking (slirp): connections to it reach
-/// the host's loopback.
-pub const HOST_FROM_GUEST: &str = "10.0.2.2";
+/// The gateway as the guest sees it. QEMU's user network runs with `restrict=on`: the guest
+/// reaches nothing on the host or beyond, except this one address and port, which QEMU
+/// forwards (`guestfwd`) to the gateway's real address, a new `socat` per connection. The
+/// host's other loopback services (other users' forwards, a health listener, a plaintext
+/// gateway) stay out of reach, which plain slirp's 10.0.2.2 would not give.
+pub const GATEWAY_FROM_GUEST: &str = "10.0.2.100";
 /// Printed by the init right before it runs the main process.
 pub const MARK_STARTED: &str = "openshell-init: starting the main process";
 /// Printed by the init when the main process ends, followed by its exit code.
@@ -87,34 +90,71 @@ pub fn env_script(
     Ok(out)
 }
 
-/// The gateway's callback URL as the guest must dial it: the host part becomes
-/// [`HOST_FROM_GUEST`] (QEMU forwards it to the host's loopback, so the gateway may listen
-/// on 127.0.0.1), and the original host is returned as the TLS server name to verify, since
-/// the gateway's certificate names it and not 10.0.2.2. `None` for a URL that is not
-/// `SCHEME://HOST[:PORT][/PATH]`.
-pub fn guest_endpoint(url: &str) -> Option<(String, String)> {
+/// The gateway's callback URL as the guest dials it, and where QEMU forwards that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestEndpoint {
+    /// The URL with the host replaced by [`GATEWAY_FROM_GUEST`].
+    pub url: String,
+    /// The original host: the TLS name to verify, since the gateway's certificate names it
+    /// and not 10.0.2.100.
+    pub server_name: String,
+    /// `host:port` on the host side of the forward (`[v6]:port` for IPv6).
+    pub forward: String,
+    pub port: u16,
+}
+
+/// The callback URL as the guest must dial it. `None` for a URL that is not
+/// `SCHEME://HOST[:PORT][/PATH]` or whose host holds anything but letters, digits, `.`, `-`
+/// and (IPv6) `:` (it ends up in the command QEMU runs for each connection).
+pub fn guest_endpoint(url: &str) -> Option<GuestEndpoint> {
     let (scheme, rest) = url.split_once("://")?;
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+    let (host, port, v6) = if let Some(v6) = authority.strip_prefix('[') {
         let (host, after) = v6.split_once(']')?;
-        (host, after.strip_prefix(':'))
+        (host, after.strip_prefix(':'), true)
     } else {
         match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
+            Some((h, p)) => (h, Some(p), false),
+            None => (authority, None, false),
         }
     };
-    if host.is_empty() {
+    let plain = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-' || (v6 && c == ':');
+    if host.is_empty() || !host.chars().all(plain) {
         return None;
     }
-    let port = port.map(|p| format!(":{p}")).unwrap_or_default();
-    Some((
-        format!("{scheme}://{HOST_FROM_GUEST}{port}{path}"),
-        host.to_string(),
-    ))
+    let port: u16 = match port {
+        Some(p) => p.parse().ok()?,
+        None if scheme == "http" => 80,
+        None => 443,
+    };
+    let forward = if v6 {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Some(GuestEndpoint {
+        url: format!("{scheme}://{GATEWAY_FROM_GUEST}:{port}{path}"),
+        server_name: host.to_string(),
+        forward,
+        port,
+    })
+}
+
+/// The `-netdev` value: user networking restricted to the forward to the gateway (none when
+/// the sandbox has no callback endpoint).
+pub fn netdev(forward: Option<(&str, u16)>, socat: &Path) -> String {
+    let mut netdev = "user,id=net,restrict=on".to_string();
+    if let Some((target, port)) = forward {
+        // QEMU splits options at ',' (written ',,' inside a value); neither part has one.
+        netdev.push_str(&format!(
+            ",guestfwd=tcp:{GATEWAY_FROM_GUEST}:{port}-cmd:{} - TCP:{target}",
+            socat.display().to_string().replace(',', ",,")
+        ));
+    }
+    netdev
 }
 
 /// How QEMU runs the guest's CPU.
@@ -194,6 +234,8 @@ pub struct Launch<'a> {
     pub cmdline: &'a str,
     /// `-name`, also how a process is recognised as this sandbox's VM.
     pub name: &'a str,
+    /// The `-netdev` value (see [`netdev`]).
+    pub netdev: String,
 }
 
 /// QEMU's arguments: a microvm with a serial console appended to a file, one virtio disk,
@@ -238,7 +280,7 @@ pub fn qemu_args(l: &Launch<'_>) -> Vec<String> {
         "-device".into(),
         "virtio-blk-device,drive=disk".into(),
         "-netdev".into(),
-        "user,id=net".into(),
+        l.netdev.clone(),
         "-device".into(),
         "virtio-net-device,netdev=net".into(),
         "-pidfile".into(),
@@ -414,23 +456,28 @@ exec /usr/bin/env -i "$@""#;
     }
 
     #[test]
-    fn endpoints_are_rewritten_for_the_guest() {
+    fn endpoints_are_rewritten_for_the_guest_and_forwarded() {
+        let e = guest_endpoint("https://host.docker.internal:17670").unwrap();
+        assert_eq!(e.url, "https://10.0.2.100:17670");
+        assert_eq!(e.server_name, "host.docker.internal");
+        assert_eq!(e.forward, "host.docker.internal:17670");
+        let e = guest_endpoint("https://[::1]:5/x").unwrap();
         assert_eq!(
-            guest_endpoint("https://host.docker.internal:17670"),
-            Some((
-                "https://10.0.2.2:17670".into(),
-                "host.docker.internal".into()
-            ))
+            (e.url.as_str(), e.forward.as_str()),
+            ("https://10.0.2.100:5/x", "[::1]:5")
         );
-        assert_eq!(
-            guest_endpoint("https://[::1]:5/x"),
-            Some(("https://10.0.2.2:5/x".into(), "::1".into()))
-        );
-        assert_eq!(
-            guest_endpoint("https://gw"),
-            Some(("https://10.0.2.2".into(), "gw".into()))
-        );
+        let e = guest_endpoint("https://gw").unwrap();
+        assert_eq!((e.url.as_str(), e.port), ("https://10.0.2.100:443", 443));
         assert_eq!(guest_endpoint("nonsense"), None);
+        // The host goes into the command QEMU runs: nothing a shell would act on.
+        assert_eq!(guest_endpoint("https://a;reboot:1"), None);
+        assert_eq!(guest_endpoint("https://$(x):1"), None);
+        let n = netdev(Some(("127.0.0.1:9", 9)), Path::new("/usr/bin/socat"));
+        assert_eq!(
+            n,
+            "user,id=net,restrict=on,guestfwd=tcp:10.0.2.100:9-cmd:/usr/bin/socat - TCP:127.0.0.1:9"
+        );
+        assert_eq!(netdev(None, Path::new("socat")), "user,id=net,restrict=on");
     }
 
     #[test]

@@ -37,6 +37,12 @@ $B mount -t devpts devpts /newroot/dev/pts
 $B mount -t proc proc /newroot/proc
 $B mount -t sysfs sys /newroot/sys
 $B mount -t tmpfs -o mode=0755 run /newroot/run
+# The sandbox's credential: root-only on the guest's /run (never on its disk), for the
+# supervisor alone; the workload runs as an unprivileged user.
+$B mkdir -p /newroot/run/openshell
+$B chmod 0700 /newroot/run/openshell
+$B cp -a /openshell/credentials /newroot/run/openshell/credentials || fail "cannot install the sandbox credential"
+$B rm -rf /openshell/credentials
 $B ip link set lo up
 $B ip link set eth0 up || fail "no network device eth0"
 $B ip addr add 10.0.2.15/24 dev eth0

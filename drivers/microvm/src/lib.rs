@@ -12,7 +12,8 @@
 //!   <state-dir>/images/<image id>/rootfs/     the image, exported once per image id
 //!   <state-dir>/sandboxes/<sandbox id>/       0700, one per sandbox
 //!       sandbox.json   name, gateway, image, limits, command (no secrets)
-//!       env.json       0600: the environment, incl. the sandbox's TLS key
+//!       env.json       0600: the environment (no secrets)
+//!       credentials/   0700, files 0600: the sandbox's credential (see openshell_drivers::credentials)
 //!       disk.img       ext4 made with `mkfs.ext4 -d` from the image: kept across stop/start
 //!       console.log    the serial console (kernel, init, main process), all boots appended
 //!       console.sock   the same console as a socket: the driver writes `stop` to it
@@ -22,7 +23,9 @@
 //!
 //!   start: initrd = kernel dir's initrd-base.cpio (busybox, virtio modules)
 //!                 + init script + env (0600 inside the initramfs, removed once read)
-//!          qemu -M microvm -kernel vmlinuz -initrd ... -drive disk.img -netdev user -daemonize
+//!                 + credential (0400), moved by the init onto the guest's /run tmpfs
+//!          qemu -M microvm -kernel vmlinuz -initrd ... -drive disk.img
+//!               -netdev user,restrict=on,guestfwd=<gateway only> -daemonize
 //!   guest: init loads virtio_mmio/blk/net, mounts /dev/vda, sets eth0 10.0.2.15/24 via
 //!          10.0.2.2, runs the main process chrooted into the disk, prints its exit code,
 //!          powers off.
@@ -31,11 +34,14 @@
 //! The driver keeps nothing in memory: every call reads the state directory and checks the
 //! pidfile's process is alive and really is this sandbox's QEMU (`/proc/PID/cmdline`).
 //!
-//! Credentials never go on the kernel command line (visible in `ps`): they travel in the
-//! per-start initramfs. The callback endpoint's host is rewritten to 10.0.2.2, QEMU's
-//! user-network address of the host's loopback, and `OPENSHELL_SERVER_NAME` keeps the
-//! original host so the gateway's certificate still verifies; the gateway may therefore
-//! listen on 127.0.0.1.
+//! Credentials never go on the kernel command line (visible in `ps`) nor in the environment:
+//! they travel in the per-start initramfs and end up root-only in
+//! `/run/openshell/credentials`. The guest's network is QEMU user networking with
+//! `restrict=on`: it reaches nothing on the host or beyond but the gateway. The callback
+//! endpoint's host is rewritten to 10.0.2.100, which QEMU forwards (one `socat` per
+//! connection) to the gateway's real address, and `OPENSHELL_SERVER_NAME` keeps the
+//! original host so the gateway's certificate still verifies; the gateway may listen on
+//! 127.0.0.1. The forward is TCP only, so the supervisor uses the TCP transport.
 //!
 //! Limits: `cpu` becomes whole vCPUs (`-smp`, rounded up: 0.5 gets one vCPU, not half a
 //! core) and at most the host's CPU count; `memory` is the guest's RAM (`-m`, at least
@@ -74,6 +80,9 @@ pub const DEFAULT_KERNEL_DIR: &str = "/var/cache/openshell-edge/vm/kernel";
 pub const MIN_MEMORY: u64 = 128 << 20;
 const RUNTIME: &str = "vm";
 const INIT: &str = include_str!("init.sh");
+/// The sandbox directory's copy of the credential (0700, files 0600), for each start's
+/// initramfs.
+const CREDENTIALS: &str = "credentials";
 
 /// How the driver runs VMs. Every field but `gateway` and `state_dir` has a default.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +97,9 @@ pub struct VmConfig {
     pub kernel_dir: PathBuf,
     /// The QEMU binary. Default `qemu-system-x86_64` from `PATH`.
     pub qemu: PathBuf,
+    /// `socat`, which QEMU runs for each connection the guest makes to the gateway (the
+    /// guest's only way out, see `guest::GATEWAY_FROM_GUEST`). Default `socat` from `PATH`.
+    pub socat: PathBuf,
     /// `docker` or `podman`: the CLI the sandbox image is exported with. Default `docker`.
     pub image_tool: String,
     /// Size of each sandbox's disk. Default 2 GiB; the file is sparse, so unused space
@@ -111,6 +123,7 @@ impl VmConfig {
             state_dir: state_dir.into(),
             kernel_dir: DEFAULT_KERNEL_DIR.into(),
             qemu: "qemu-system-x86_64".into(),
+            socat: "socat".into(),
             image_tool: "docker".into(),
             disk_size: 2 << 30,
             default_memory: 512 << 20,
@@ -132,6 +145,10 @@ struct Meta {
     labels: BTreeMap<String, String>,
     command: Vec<String>,
     image_env: Vec<String>,
+    /// Where the guest's connections to the gateway go on the host (`host:port`) and the
+    /// port the guest dials; `None` when the sandbox has no callback endpoint.
+    #[serde(default)]
+    gateway_forward: Option<(String, u16)>,
 }
 
 /// Runs sandboxes as QEMU microVMs. Construction only reads `/proc/cpuinfo` and
@@ -323,6 +340,7 @@ impl Inner {
                     .collect(),
                 labels: meta.labels,
                 command: meta.command,
+                credentials: Default::default(),
             },
         })
     }
@@ -342,6 +360,17 @@ impl Inner {
                     ),
                 });
             }
+        }
+        if which(&self.cfg.socat).is_none() {
+            return Err(DriverError::RuntimeUnavailable {
+                runtime: RUNTIME.into(),
+                endpoint: self.cfg.socat.display().to_string(),
+                reason: format!(
+                    "{} is not installed (it carries the guest's connections to the gateway)",
+                    self.cfg.socat.display()
+                ),
+                hint: "install socat (apt-get install -y socat)".into(),
+            });
         }
         if which(&self.cfg.qemu).is_none() {
             return Err(DriverError::RuntimeUnavailable {
@@ -425,11 +454,19 @@ impl Inner {
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
         });
         env.extend(spec.env.clone());
-        if let Some(url) = env.get("OPENSHELL_ENDPOINT").cloned()
-            && let Some((inside, host)) = guest::guest_endpoint(&url)
-        {
-            env.insert("OPENSHELL_ENDPOINT".into(), inside);
-            env.entry("OPENSHELL_SERVER_NAME".into()).or_insert(host);
+        let mut gateway_forward = None;
+        if let Some(url) = env.get("OPENSHELL_ENDPOINT").cloned() {
+            let inside = guest::guest_endpoint(&url).ok_or_else(|| {
+                DriverError::InvalidSpec(format!(
+                    "the callback endpoint {url} cannot be forwarded into a VM: use scheme://HOST:PORT with a host name or IP address"
+                ))
+            })?;
+            env.insert("OPENSHELL_ENDPOINT".into(), inside.url);
+            env.entry("OPENSHELL_SERVER_NAME".into())
+                .or_insert(inside.server_name);
+            // The forward carries TCP only: no QUIC attempt to wait out first.
+            env.insert("OPENSHELL_TRANSPORT".into(), "tcp".into());
+            gateway_forward = Some((inside.forward, inside.port));
         }
         // Refuse what the init cannot pass before anything is made.
         guest::env_script(&env, &command, 0)?;
@@ -443,12 +480,15 @@ impl Inner {
             labels: spec.labels.clone(),
             command,
             image_env: rootfs.env.clone(),
+            gateway_forward,
         };
 
         // Everything is made in a hidden directory and renamed into place, so a failed
         // create leaves nothing a list would see.
         let tmp = self.sandboxes().join(format!(".new-{id}"));
-        let made = self.prepare(&tmp, &meta, &env, &rootfs.dir).await;
+        let made = self
+            .prepare(&tmp, &meta, &env, &spec.credentials, &rootfs.dir)
+            .await;
         if let Err(e) = made {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
@@ -473,6 +513,7 @@ impl Inner {
         tmp: &Path,
         meta: &Meta,
         env: &BTreeMap<String, String>,
+        credentials: &openshell_drivers::Credentials,
         rootfs: &Path,
     ) -> Result<(), DriverError> {
         let _ = std::fs::remove_dir_all(tmp);
@@ -483,6 +524,12 @@ impl Inner {
         let env_json = serde_json::to_vec(env).unwrap_or_default();
         host::write_private(&tmp.join("env.json"), &env_json)
             .map_err(|e| io_err("write", &tmp.join("env.json"), e))?;
+        let cred_dir = tmp.join(CREDENTIALS);
+        host::private_dir(&cred_dir).map_err(|e| io_err("create", &cred_dir, e))?;
+        for (name, contents) in credentials.files() {
+            host::write_private(&cred_dir.join(name), contents)
+                .map_err(|e| io_err("write", &cred_dir.join(name), e))?;
+        }
         let disk = tmp.join("disk.img");
         let f = std::fs::File::create(&disk).map_err(|e| io_err("create", &disk, e))?;
         f.set_len(self.cfg.disk_size)
@@ -533,11 +580,27 @@ impl Inner {
         let kdir = &self.cfg.kernel_dir;
         let base = kdir.join("initrd-base.cpio");
         let mut initrd = std::fs::read(&base).map_err(|e| io_err("read", &base, e))?;
-        initrd.extend(cpio::archive(&[
+        let mut entries = vec![
             cpio::Entry::file("init", 0o755, INIT),
             cpio::Entry::dir("openshell", 0o700),
             cpio::Entry::file("openshell/env", 0o600, script),
-        ]));
+            cpio::Entry::dir("openshell/credentials", 0o700),
+        ];
+        let cred_dir = dir.join(CREDENTIALS);
+        for entry in std::fs::read_dir(&cred_dir).map_err(|e| io_err("read", &cred_dir, e))? {
+            let entry = entry.map_err(|e| io_err("read", &cred_dir, e))?;
+            let path = entry.path();
+            let contents = std::fs::read(&path).map_err(|e| io_err("read", &path, e))?;
+            entries.push(cpio::Entry::file(
+                &format!(
+                    "openshell/credentials/{}",
+                    entry.file_name().to_string_lossy()
+                ),
+                0o400,
+                contents,
+            ));
+        }
+        initrd.extend(cpio::archive(&entries));
         let initrd_path = dir.join("initrd.cpio");
         host::write_private(&initrd_path, &initrd).map_err(|e| io_err("write", &initrd_path, e))?;
         let console = dir.join("console.log");
@@ -566,6 +629,12 @@ impl Inner {
             pidfile: &dir.join("qemu.pid"),
             cmdline: &cmdline,
             name: &name,
+            netdev: guest::netdev(
+                meta.gateway_forward
+                    .as_ref()
+                    .map(|(target, port)| (target.as_str(), *port)),
+                &self.cfg.socat,
+            ),
         });
         let out = tokio::process::Command::new(&self.cfg.qemu)
             .args(&args)

@@ -19,6 +19,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = openshell_supervisor::workload::seal_supervisor() {
+        eprintln!("error: cannot close the supervisor to its workload (prctl): {e}");
+        return ExitCode::from(2);
+    }
     let command: Vec<String> = std::env::args().skip(1).skip_while(|a| a == "--").collect();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -40,6 +44,14 @@ fn main() -> ExitCode {
             main.args(&command[1..]);
             for var in openshell_supervisor::config::hidden_from_children() {
                 main.env_remove(var);
+            }
+            let workload = &config.workload;
+            if workload.switch {
+                let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+                main.uid(workload.uid)
+                    .gid(workload.gid)
+                    .envs(workload.env())
+                    .current_dir(workload.main_dir(&cwd));
             }
             match main.spawn()
             {

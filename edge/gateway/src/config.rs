@@ -186,6 +186,17 @@ pub struct Args {
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub reload_interval: Duration,
 
+    /// Lifetime of the credential each sandbox's supervisor holds (e.g. 30d, 12h, 90s).
+    /// Supervisors renew it over their session when a third of it is left, and as soon as
+    /// the CA changes (`pki rotate-ca`), so a shorter one limits what a stolen credential is
+    /// worth, at the price of more renewals (each adds an entry to the PKI index).
+    #[arg(
+        long,
+        default_value = "30d",
+        env = "OPENSHELL_SANDBOX_CREDENTIAL_VALIDITY"
+    )]
+    pub sandbox_credential_validity: openshell_pki::Duration,
+
     /// A sandbox whose supervisor has not connected this long after its create or start
     /// is shown as Error, with the workload's last output.
     #[arg(long, default_value = "180s", value_parser = parse_duration, env = "OPENSHELL_READY_TIMEOUT")]
@@ -361,6 +372,7 @@ pub struct GatewayConfig {
     pub podman_socket: Option<PathBuf>,
     pub kubernetes: KubernetesSettings,
     pub ready_timeout: Duration,
+    pub sandbox_credential_validity: openshell_pki::Duration,
     pub vm: VmOptions,
 }
 
@@ -460,6 +472,7 @@ impl Args {
                 image_pull_policy: self.k8s_image_pull_policy,
             },
             ready_timeout: self.ready_timeout,
+            sandbox_credential_validity: self.sandbox_credential_validity,
             vm: VmOptions {
                 state_dir: self.vm_state_dir.unwrap_or_else(|| state_dir.join("vm")),
                 kernel_dir: self.vm_kernel_dir,

@@ -129,6 +129,7 @@ pub async fn run(
             .filter(|t| t.pki_dir.join("ca.key").exists())
             .map(|t| services::sandboxes::Minter {
                 pki_dir: t.pki_dir.clone(),
+                validity: config.sandbox_credential_validity,
             }),
         default_image: config.sandbox_image.clone(),
         callback: callback.clone(),

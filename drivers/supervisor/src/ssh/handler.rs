@@ -4,6 +4,7 @@
 //! the wrong request. The children and their I/O live in `process`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
@@ -12,10 +13,12 @@ use russh::{Channel, ChannelId, ChannelWriteHalf, Pty, Sig};
 use super::flow::{self, Sink};
 use super::forward;
 use super::process::{self, Launch, PtySize, Running};
+use crate::workload::Workload;
 
 /// The state of one SSH connection.
 pub(super) struct Connection {
     channels: HashMap<ChannelId, Chan>,
+    workload: Arc<Workload>,
 }
 
 enum Chan {
@@ -39,9 +42,10 @@ struct PtyRequest {
 }
 
 impl Connection {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(workload: Arc<Workload>) -> Self {
         Connection {
             channels: HashMap::new(),
+            workload,
         }
     }
 
@@ -67,7 +71,7 @@ impl Connection {
             handle: session.handle(),
             channel,
         };
-        match process::spawn(&launch, pty, &ch.env, outputs) {
+        match process::spawn(&launch, pty, &ch.env, &self.workload, outputs) {
             Ok(running) => {
                 tracing::debug!(%channel, program = %what, pty = ch.pty.is_some(), "started");
                 ch.running = Some(running);

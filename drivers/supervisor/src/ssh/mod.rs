@@ -55,12 +55,14 @@ use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{Algorithm, PrivateKey};
 use russh::{MethodKind, MethodSet, SshId};
 
+use crate::workload::Workload;
+
 /// Why the SSH server could not start or a connection failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SshError {
     #[error(
-        "the SSH host key (OPENSHELL_SSH_HOST_KEY_PEM) is not a usable OpenSSH private key: {0}; pass an unencrypted key as written by ssh-keygen -t ed25519"
+        "the SSH host key (ssh_host_key in the credential directory) is not a usable OpenSSH private key: {0}; pass an unencrypted key as written by ssh-keygen -t ed25519"
     )]
     HostKey(String),
     #[error("ssh connection failed: {0}")]
@@ -71,6 +73,8 @@ pub enum SshError {
 #[derive(Clone)]
 pub struct SshServer {
     inner: Arc<Inner>,
+    /// Who sessions run as.
+    workload: Arc<Workload>,
 }
 
 struct Inner {
@@ -89,8 +93,9 @@ impl std::fmt::Debug for SshServer {
 
 impl SshServer {
     /// Host key from an OpenSSH private key PEM (the gateway generates an ed25519 key per
-    /// sandbox and passes it as env `OPENSHELL_SSH_HOST_KEY_PEM`); `None` = generate an
-    /// ephemeral one and log a warning that host-key pinning will fail after restarts.
+    /// sandbox and delivers it with the credential); `None` = generate an ephemeral one and
+    /// log a warning that host-key pinning will fail after restarts. Sessions run as the
+    /// server's own user until [`run_as`](Self::run_as).
     pub fn new(host_key_pem: Option<&str>) -> Result<Self, SshError> {
         let key = match host_key_pem {
             Some(pem) => {
@@ -106,7 +111,7 @@ impl SshServer {
             }
             None => {
                 tracing::warn!(
-                    "no SSH host key given (OPENSHELL_SSH_HOST_KEY_PEM): using an ephemeral one; \
+                    "no SSH host key given (ssh_host_key in the credential directory): using an ephemeral one; \
                      clients that pinned this sandbox's key will refuse it after a restart"
                 );
                 PrivateKey::from(Ed25519Keypair::from_seed(&rand::random::<[u8; 32]>()))
@@ -144,7 +149,14 @@ impl SshServer {
                 config: Arc::new(config),
                 public_openssh,
             }),
+            workload: Arc::new(Workload::current()),
         })
+    }
+
+    /// Sessions start as `workload`.
+    pub fn run_as(mut self, workload: Workload) -> Self {
+        self.workload = Arc::new(workload);
+        self
     }
 
     /// `"ssh-ed25519 AAAA..."` (no comment), sent to the gateway in
@@ -159,7 +171,7 @@ impl SshServer {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let handler = handler::Connection::new();
+        let handler = handler::Connection::new(self.workload.clone());
         let session = russh::server::run_stream(self.inner.config.clone(), stream, handler).await?;
         match session.await {
             Ok(()) => Ok(()),
@@ -230,7 +242,7 @@ mod tests {
     #[test]
     fn garbage_key_is_a_clear_error() {
         let err = SshServer::new(Some("not a key")).unwrap_err().to_string();
-        assert!(err.contains("OPENSHELL_SSH_HOST_KEY_PEM"), "{err}");
+        assert!(err.contains("ssh_host_key"), "{err}");
         assert!(err.contains("ssh-keygen"), "{err}");
     }
 }

@@ -26,6 +26,7 @@ use super::flow::{self, Input, Sink, Tracked};
 // The supervisor's own settings (its credential, this host key) that programs must not
 // inherit; one list for the main process and SSH sessions.
 use crate::config::hidden_from_children as hidden_vars;
+use crate::workload::Workload;
 
 /// After a terminal program exits, its output is read until the terminal has been quiet
 /// this long: background jobs may keep the terminal open forever, and a session must end
@@ -184,27 +185,17 @@ fn choose_shell(shell: Option<PathBuf>, exists: impl Fn(&Path) -> bool) -> PathB
     }
 }
 
-/// The directory programs start in: `$HOME`, else the supervisor's own working directory
-/// (the image's WORKDIR), else `/`.
-fn start_dir() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .filter(|h| h.is_dir())
-        .or_else(|| std::env::current_dir().ok())
-        .unwrap_or_else(|| PathBuf::from("/"))
-}
-
 /// The environment added for a program: the client's `env` requests, then what the
-/// session itself defines (these win, as in sshd).
+/// session itself defines (these win, as in sshd): the user's `HOME`, `USER`, `LOGNAME`,
+/// the shell and the terminal.
 fn session_env(
     client_env: &[(String, String)],
     term: Option<&str>,
     shell: &Path,
+    workload: &Workload,
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = client_env.to_vec();
-    if std::env::var_os("HOME").is_none() {
-        env.push(("HOME".into(), start_dir().display().to_string()));
-    }
+    env.extend(workload.env());
     env.push(("SHELL".into(), shell.display().to_string()));
     if let Some(term) = term {
         env.push(("TERM".into(), term.to_string()));
@@ -218,11 +209,17 @@ pub(super) fn spawn(
     launch: &Launch,
     pty: Option<(&str, PtySize)>,
     client_env: &[(String, String)],
+    workload: &Workload,
     outputs: Outputs,
 ) -> io::Result<Running> {
     let (program, arg0, args) = launch.argv();
-    let env = session_env(client_env, pty.map(|(term, _)| term), &login_shell());
-    let dir = start_dir();
+    let env = session_env(
+        client_env,
+        pty.map(|(term, _)| term),
+        &login_shell(),
+        workload,
+    );
+    let dir = workload.start_dir().to_path_buf();
     let exited = Arc::new(AtomicBool::new(false));
     let (sink, rx, stuck) = flow::channel();
     let outputs = Outputs {
@@ -242,6 +239,9 @@ pub(super) fn spawn(
                 .kill_on_drop(true);
             for name in hidden_vars() {
                 cmd = cmd.env_remove(name);
+            }
+            if workload.switch {
+                cmd = cmd.uid(workload.uid).gid(workload.gid);
             }
             let child = cmd.spawn(pts).map_err(io::Error::other)?;
             let group = child.id().and_then(pid);
@@ -264,6 +264,9 @@ pub(super) fn spawn(
                 .kill_on_drop(true);
             for name in hidden_vars() {
                 cmd.env_remove(name);
+            }
+            if workload.switch {
+                cmd.uid(workload.uid).gid(workload.gid);
             }
             let mut child = cmd.spawn()?;
             let group = child.id().and_then(pid);

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use openshell_drivers::credentials::{self, Credentials};
 use openshell_drivers::{ComputeDriver, SandboxId, SandboxName, SandboxSpec, WorkloadState};
 use openshell_proto::{
     CreateSandboxRequest, ObjectMeta, Sandbox, SandboxPhase, SandboxSpec as WireSpec, SandboxStatus,
@@ -35,8 +36,6 @@ pub(crate) const KIND: ObjectKind = ObjectKind::SANDBOX;
 
 /// Where the supervisor's main process is in the image built by scripts/build-sandbox-image.
 const SUPERVISOR: &str = "/usr/local/bin/openshell-sandbox";
-/// Lifetime of a minted sandbox credential.
-const CREDENTIAL_VALIDITY: &str = "30d";
 
 /// What a sandbox record stores (prost-encoded).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -79,18 +78,27 @@ pub struct Reachable {
     pub session: crate::sessions::Session,
 }
 
-/// Mints per-sandbox credentials from the gateway's CA.
+/// Mints per-sandbox credentials from the gateway's CA, and renews them.
 pub struct Minter {
     pub pki_dir: std::path::PathBuf,
+    /// Lifetime of each credential (`--sandbox-credential-validity`).
+    pub validity: openshell_pki::Duration,
+}
+
+/// A renewed sandbox credential.
+pub struct Renewed {
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub serial: String,
+    pub not_after_ms: i64,
 }
 
 impl Minter {
     async fn mint(&self, sandbox_id: &str) -> Result<(String, String, String), GatewayError> {
         let dir = openshell_pki::PkiDir::new(&self.pki_dir);
         let id = sandbox_id.to_string();
+        let validity = self.validity;
         tokio::task::spawn_blocking(move || {
-            let validity = openshell_pki::Duration::parse(CREDENTIAL_VALIDITY)
-                .map_err(|e| GatewayError::Internal(e.to_string()))?;
             let ca_pem = openshell_pki::fs::read_public(&dir.ca_cert_path())?;
             let mut ca = openshell_pki::Ca::load(&dir)
                 .map_err(|e| GatewayError::Tls(format!("cannot mint a sandbox credential: {e}")))?;
@@ -102,6 +110,54 @@ impl Minter {
         .await
         .map_err(|e| GatewayError::Internal(e.to_string()))?
     }
+
+    /// A new certificate for sandbox `sandbox_id`'s new key (`csr_pem`), from the current CA.
+    pub async fn renew(&self, sandbox_id: &str, csr_pem: &str) -> Result<Renewed, GatewayError> {
+        let dir = openshell_pki::PkiDir::new(&self.pki_dir);
+        let id = sandbox_id.to_string();
+        let csr = csr_pem.to_string();
+        let validity = self.validity;
+        tokio::task::spawn_blocking(move || {
+            let ca_pem = openshell_pki::fs::read_public(&dir.ca_cert_path())?;
+            let mut ca = openshell_pki::Ca::load(&dir).map_err(|e| {
+                GatewayError::Tls(format!("cannot renew a sandbox credential: {e}"))
+            })?;
+            let (cert_pem, serial) = ca.sign_sandbox_csr(&id, &csr, validity).map_err(|e| {
+                GatewayError::InvalidArgument(format!("cannot renew the credential: {e}"))
+            })?;
+            // What leaf certificates get: now plus the validity (to the second).
+            let not_after_ms = crate::now_ms() + (validity.as_secs() as i64) * 1000;
+            Ok(Renewed {
+                cert_pem,
+                ca_pem: String::from_utf8_lossy(&ca_pem).into_owned(),
+                serial: serial.to_string(),
+                not_after_ms,
+            })
+        })
+        .await
+        .map_err(|e| GatewayError::Internal(e.to_string()))?
+    }
+
+    /// Hex SHA-256 of the DER of the CA that issues sandbox credentials now; empty when it
+    /// cannot be read. A supervisor holding another CA's credential renews it.
+    pub fn issuing_ca_sha256(&self) -> String {
+        let path = openshell_pki::PkiDir::new(&self.pki_dir).ca_cert_path();
+        std::fs::read(&path)
+            .ok()
+            .and_then(|pem| openshell_pki::parse_certificates(&pem, "ca.crt").ok())
+            .and_then(|ders| ders.into_iter().next())
+            .map(|der| hex_sha256(&der))
+            .unwrap_or_default()
+    }
+}
+
+/// Lowercase hex of the SHA-256 of `bytes`.
+fn hex_sha256(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Everything the sandbox RPCs use.
@@ -370,10 +426,11 @@ impl Sandboxes {
             env.insert("OPENSHELL_ENDPOINT".into(), callback);
             env.insert("OPENSHELL_SANDBOX_ID".into(), id.as_str().to_string());
             env.insert("OPENSHELL_SANDBOX".into(), name.as_str().to_string());
-            env.insert("OPENSHELL_TLS_CA_PEM".into(), ca);
-            env.insert("OPENSHELL_TLS_CERT_PEM".into(), cert);
-            env.insert("OPENSHELL_TLS_KEY_PEM".into(), key);
-            env.insert("OPENSHELL_SSH_HOST_KEY_PEM".into(), host_key_pem);
+            let mut credentials = Credentials::default();
+            credentials.insert(credentials::CA_FILE, ca)?;
+            credentials.insert(credentials::CERT_FILE, cert)?;
+            credentials.insert(credentials::KEY_FILE, key)?;
+            credentials.insert(credentials::SSH_HOST_KEY_FILE, host_key_pem)?;
             let mut command = vec![SUPERVISOR.to_string()];
             if !spec.command.is_empty() {
                 command.push("--".into());
@@ -386,6 +443,7 @@ impl Sandboxes {
                 env,
                 labels: req.labels.clone().into_iter().collect(),
                 command,
+                credentials,
             };
             driver
                 .create(&id, &name, &driver_spec)

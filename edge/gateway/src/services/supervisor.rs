@@ -11,7 +11,15 @@
 //!   Heartbeat          <──────────>  Heartbeat
 //!                      <───────────  RelayOpen{relay_id, target}   (when a user connects)
 //!   RelayOpenResult{ok:false} ──────>  (only when the target cannot be reached)
+//!
+//!   RenewCredential{csr} ──────────>  (a unary call, when a third of the credential's life
+//!                      <───────────    is left or the issuing CA changed)
+//!   {cert, ca}
 //! ```
+//!
+//! `SessionAccepted` and each gateway heartbeat carry the fingerprint of the CA that issues
+//! credentials now, so a supervisor learns of a `pki rotate-ca` within one heartbeat and
+//! renews during the overlap, before the old CA stops being trusted.
 //!
 //! The hello carries the sandbox's SSH host key; it must be the one the gateway generated and
 //! pinned at create, or the session is refused (users' known_hosts entries come from the pin).
@@ -26,8 +34,9 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use openshell_proto::supervisor_server::Supervisor;
 use openshell_proto::{
-    Empty, GatewayMessage, Heartbeat, ReportMainProcessExitRequest, SessionAccepted,
-    SupervisorMessage, gateway_message, supervisor_message,
+    Empty, GatewayMessage, Heartbeat, RenewCredentialRequest, RenewCredentialResponse,
+    ReportMainProcessExitRequest, SessionAccepted, SupervisorMessage, gateway_message,
+    supervisor_message,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -45,6 +54,16 @@ pub struct SupervisorService {
     pub sessions: Arc<dyn SessionRegistry>,
     pub relays: Arc<Relays>,
     pub sandboxes: Arc<Sandboxes>,
+}
+
+impl SupervisorService {
+    fn issuing_ca_sha256(&self) -> String {
+        self.sandboxes
+            .minter
+            .as_ref()
+            .map(|m| m.issuing_ca_sha256())
+            .unwrap_or_default()
+    }
 }
 
 /// The sandbox a request's credential belongs to, checked against the id it names.
@@ -99,7 +118,7 @@ impl Supervisor for SupervisorService {
             {
                 tracing::warn!(sandbox = %sandbox_id, "supervisor presented an SSH host key other than the pinned one");
                 return Err(Status::permission_denied(format!(
-                    "sandbox '{sandbox_id}' presented an SSH host key other than the one the gateway pinned at create: the sandbox must use the key in OPENSHELL_SSH_HOST_KEY_PEM"
+                    "sandbox '{sandbox_id}' presented an SSH host key other than the one the gateway pinned at create: the sandbox must use the key in its credential directory"
                 )));
             }
             Err(crate::GatewayError::NotFound(_)) => {
@@ -129,6 +148,7 @@ impl Supervisor for SupervisorService {
             msg: Some(gateway_message::Msg::Accepted(SessionAccepted {
                 session_id: session_id.clone(),
                 heartbeat_interval_secs: HEARTBEAT.as_secs() as u32,
+                issuing_ca_sha256: self.issuing_ca_sha256(),
             })),
         };
         tx.send(accepted)
@@ -138,6 +158,7 @@ impl Supervisor for SupervisorService {
         // Read the supervisor's side until it ends; answer heartbeats.
         let sessions = self.sessions.clone();
         let relays = self.relays.clone();
+        let sandboxes = self.sandboxes.clone();
         tokio::spawn(async move {
             while let Some(Ok(msg)) = inbound.next().await {
                 match msg.msg {
@@ -145,6 +166,11 @@ impl Supervisor for SupervisorService {
                         let beat = GatewayMessage {
                             msg: Some(gateway_message::Msg::Heartbeat(Heartbeat {
                                 sent_at_ms: crate::now_ms(),
+                                issuing_ca_sha256: sandboxes
+                                    .minter
+                                    .as_ref()
+                                    .map(|m| m.issuing_ca_sha256())
+                                    .unwrap_or_default(),
                             })),
                         };
                         if tx.send(beat).await.is_err() {
@@ -168,6 +194,42 @@ impl Supervisor for SupervisorService {
         });
         let out = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
         Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn renew_credential(
+        &self,
+        req: Request<RenewCredentialRequest>,
+    ) -> Result<Response<RenewCredentialResponse>, Status> {
+        let sandbox_id = req
+            .extensions()
+            .get::<Caller>()
+            .and_then(|c| c.sandbox_id().map(str::to_string))
+            .ok_or_else(|| Status::permission_denied("not a sandbox credential"))?;
+        // A deleted sandbox's credential renews nothing.
+        match self.sandboxes.pinned_host_key(&sandbox_id).await {
+            Err(crate::GatewayError::NotFound(_)) => {
+                return Err(Status::not_found(format!(
+                    "sandbox '{sandbox_id}' has no record on this gateway: it was deleted"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        let minter = self.sandboxes.minter.as_ref().ok_or_else(|| {
+            Status::failed_precondition("this gateway has no CA key to renew credentials with")
+        })?;
+        if req.get_ref().csr_pem.len() > 16 * 1024 {
+            return Err(Status::invalid_argument(
+                "the certificate request is larger than 16 KiB",
+            ));
+        }
+        let renewed = minter.renew(&sandbox_id, &req.get_ref().csr_pem).await?;
+        tracing::info!(sandbox = %sandbox_id, serial = %renewed.serial, "sandbox credential renewed");
+        Ok(Response::new(RenewCredentialResponse {
+            cert_pem: renewed.cert_pem,
+            ca_pem: renewed.ca_pem,
+            not_after_ms: renewed.not_after_ms,
+        }))
     }
 
     async fn report_main_process_exit(
