@@ -271,5 +271,16 @@ impl Drop for SandboxEnv {
         for c in self.containers() {
             let _ = self.runtime_cli().args(["rm", "-f", &c]).output();
         }
+        // Each sandbox has a network of its own (labelled like its container).
+        let label = format!("label=openshell.gateway={}", self.id);
+        if let Ok(out) = self
+            .runtime_cli()
+            .args(["network", "ls", "-q", "--filter", &label])
+            .output()
+        {
+            for net in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = self.runtime_cli().args(["network", "rm", net]).output();
+            }
+        }
     }
 }

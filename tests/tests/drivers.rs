@@ -982,6 +982,12 @@ impl Runtime {
         if !ids.is_empty() {
             run(self.cli().args(["rm", "-f"]).args(&ids));
         }
+        let out = run(self.cli().args(["network", "ls", "-q", "--filter", &filter]));
+        let nets = String::from_utf8_lossy(&out.stdout).to_string();
+        let nets: Vec<&str> = nets.split_whitespace().collect();
+        if !nets.is_empty() {
+            run(self.cli().args(["network", "rm"]).args(&nets));
+        }
     }
 }
 
@@ -1260,6 +1266,135 @@ async fn docker_refusals_are_invalid_specs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_refusals_are_invalid_specs() {
     runtime_refusals_are_invalid_specs(Runtime::podman()).await;
+}
+
+/// Hardening (issue 14, items 3 and 6) on a real runtime: the credential is delivered as
+/// root-only files and appears nowhere in what the runtime shows; all capabilities but the
+/// supervisor's are dropped with no-new-privileges; each sandbox has a network of its own, so
+/// one cannot reach another's ports (the test process, on the host, can: the listener is up);
+/// delete removes the network.
+async fn sandboxes_are_confined_and_apart(rt: &'static Runtime) {
+    let h = RealHarness::new(rt);
+    let d = h.driver();
+    let mut credentials = openshell_drivers::Credentials::default();
+    credentials
+        .insert("tls.key", "-----BEGIN PRIVATE KEY-----\nSECRET-MATERIAL\n")
+        .unwrap();
+    let with_credential = SandboxSpec {
+        credentials,
+        ..spec(&h)
+    };
+    let (ida, idb) = (SandboxId::generate(), SandboxId::generate());
+    let a = d.create(&ida, &name("conf-a"), &with_credential).await.unwrap();
+    let a = running(&h, d.as_ref(), a).await;
+    let b = d.create(&idb, &name("conf-b"), &spec(&h)).await.unwrap();
+    let b = running(&h, d.as_ref(), b).await;
+
+    // The files: root's alone.
+    let out = h
+        .exec(
+            &a,
+            &[
+                "stat",
+                "-c",
+                "%a %u %n",
+                "/run/openshell",
+                "/run/openshell/credentials",
+                "/run/openshell/credentials/tls.key",
+            ],
+        )
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "700 0 /run/openshell\n700 0 /run/openshell/credentials\n400 0 /run/openshell/credentials/tls.key\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        h.read_file(&a, "/run/openshell/credentials/tls.key").await.as_deref(),
+        Some("-----BEGIN PRIVATE KEY-----\nSECRET-MATERIAL\n")
+    );
+    // Nothing of it in the runtime's view of the container, nor read back.
+    let inspect = rt.cli_async(&["inspect", &a.runtime_id]).await;
+    let inspect = String::from_utf8_lossy(&inspect.stdout).to_string();
+    assert!(!inspect.contains("SECRET-MATERIAL"), "{inspect}");
+    assert!(d.get(&ida).await.unwrap().spec.credentials.is_empty());
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let host = &v[0]["HostConfig"];
+    // Podman lists what "ALL" dropped from its defaults; the bounding set below is the proof.
+    if rt.kind == Kind::Docker {
+        let caps: Vec<String> = serde_json::from_value(host["CapDrop"].clone()).unwrap();
+        assert!(caps.iter().any(|c| c.eq_ignore_ascii_case("ALL")), "{host}");
+    }
+    let opts: Vec<String> = serde_json::from_value(host["SecurityOpt"].clone()).unwrap();
+    assert!(
+        opts.iter().any(|o| o.starts_with("no-new-privileges")),
+        "{host}"
+    );
+    // What the process really has: the supervisor's few capabilities, no new privileges.
+    let status = h.read_file(&a, "/proc/1/status").await.unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(str::trim)
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    // CHOWN (0), KILL (5), SETGID (6), SETUID (7).
+    assert_eq!(field("CapBnd:"), "00000000000000e1", "{status}");
+
+    // Apart: each on its own network; a's listener answers the host, not b.
+    let ip_of = |st: &WorkloadStatus| {
+        let st = st.runtime_id.clone();
+        async move {
+            let out = rt
+                .cli_async(&[
+                    "inspect",
+                    "-f",
+                    "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                    &st,
+                ])
+                .await;
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }
+    };
+    let (ip_a, ip_b) = (ip_of(&a).await, ip_of(&b).await);
+    assert!(!ip_a.is_empty() && !ip_b.is_empty() && !ip_a.contains(' '));
+    assert!(ip_a.starts_with("10.213.") && ip_b.starts_with("10.213."), "{ip_a} {ip_b}");
+    h.exec_ok(&a, &["sh", "-c", "nc -ll -p 7000 -e echo hi >/dev/null 2>&1 &"])
+        .await;
+    let addr: std::net::SocketAddr = format!("{ip_a}:7000").parse().unwrap();
+    eventually("a's listener answers the host", Duration::from_secs(10), || async {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+    })
+    .await;
+    let probe = h
+        .exec(&b, &["sh", "-c", &format!("echo | nc -w 2 {ip_a} 7000")])
+        .await;
+    assert!(
+        !String::from_utf8_lossy(&probe.stdout).contains("hi"),
+        "sandbox b reached sandbox a's port: {probe:?}"
+    );
+
+    let network = format!("{NAME_PREFIX}net-{ida}");
+    assert!(run(rt.cli().args(["network", "inspect", &network])).status.success());
+    d.delete(&ida).await.unwrap();
+    assert!(
+        !run(rt.cli().args(["network", "inspect", &network])).status.success(),
+        "the sandbox's network outlived it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_sandboxes_are_confined_and_apart() {
+    sandboxes_are_confined_and_apart(Runtime::docker()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_sandboxes_are_confined_and_apart() {
+    sandboxes_are_confined_and_apart(Runtime::podman()).await;
 }
 
 // ---------------------------------------------------------------------------------------
