@@ -13,8 +13,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use super::{ConnMeta, RequestContext, Shared, TransportMetrics, wait_true};
-use crate::identity::Principal;
+use super::{ConnMeta, PeerCert, RequestContext, Shared, TransportMetrics, wait_true};
 use crate::tls::ALPN_H2;
 use crate::{TransportError, TransportKind};
 
@@ -74,13 +73,12 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Shared) {
                         .await;
                         match hs {
                             Ok(Ok(tls)) => {
-                                let principal = tls
+                                let client = tls
                                     .get_ref()
                                     .1
                                     .peer_certificates()
-                                    .and_then(|c| c.first())
-                                    .and_then(Principal::from_certificate);
-                                serve_h2(tls, peer, principal, shared).await
+                                    .and_then(PeerCert::from_chain);
+                                serve_h2(tls, peer, client, shared).await
                             }
                             Ok(Err((e, tcp))) => {
                                 TransportMetrics::inc(&shared.metrics.handshake_failures);
@@ -119,17 +117,19 @@ async fn linger_after_alert(mut tcp: tokio::net::TcpStream) {
     .await;
 }
 
-pub(super) async fn serve_h2<IO>(
-    io: IO,
-    peer: SocketAddr,
-    principal: Option<Principal>,
-    shared: Shared,
-) where
+pub(super) async fn serve_h2<IO>(io: IO, peer: SocketAddr, client: Option<PeerCert>, shared: Shared)
+where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let meta = ConnMeta::new(shared.next_conn_id(), peer, TransportKind::Tcp, None);
-    if let Some(p) = principal {
-        let _ = meta.principal.set(p);
+    let meta = ConnMeta::new(
+        shared.next_conn_id(),
+        peer,
+        TransportKind::Tcp,
+        None,
+        shared.config.tls.clone(),
+    );
+    if let Some(c) = client {
+        let _ = meta.client.set(c);
     }
     let meta = Arc::new(meta);
     let (_registration, mut close_rx) = shared.registry.register_tcp(meta.clone());
