@@ -127,7 +127,10 @@ async fn wait_ready(h: &impl Harness, id: &SandboxId, starts: usize) {
         "the workload to print `started`",
         Duration::from_secs(20),
         || async {
-            let logs = d.logs(id, false).await.unwrap();
+            let logs = d
+                .logs(id, openshell_drivers::LogOptions::default())
+                .await
+                .unwrap();
             let lines = collect_logs(logs).await;
             lines.iter().filter(|l| l.line == "started").count() >= starts
         },
@@ -353,7 +356,11 @@ async fn delete_removes_the_workload_and_is_idempotent(h: &impl Harness) {
         assert!(matches!(e, DriverError::NotFound { .. }), "{e:?}");
         assert!(e.to_string().contains(id.as_str()), "{e}");
     }
-    assert!(d.logs(&id, false).await.is_err());
+    assert!(
+        d.logs(&id, openshell_drivers::LogOptions::default())
+            .await
+            .is_err()
+    );
     assert!(d.list().await.unwrap().is_empty());
 }
 
@@ -485,7 +492,10 @@ async fn logs_return_the_output(h: &impl Harness) {
     let hello = format!("hello {}", random_hex(4));
     h.print(&st, &hello).await;
     let lines = || async {
-        let logs = d.logs(&id, false).await.unwrap();
+        let logs = d
+            .logs(&id, openshell_drivers::LogOptions::default())
+            .await
+            .unwrap();
         collect_logs(logs)
             .await
             .into_iter()
@@ -502,9 +512,31 @@ async fn logs_return_the_output(h: &impl Harness) {
         },
     )
     .await;
+    // A tail is the end of the same lines, read from the end.
+    let all = lines().await;
+    let opts = openshell_drivers::LogOptions {
+        follow: false,
+        tail: Some(1),
+    };
+    let tail: Vec<String> = collect_logs(d.logs(&id, opts).await.unwrap())
+        .await
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert_eq!(tail, all[all.len() - 1..], "all lines: {all:?}");
 
     // Followed logs go on until the workload stops.
-    let follower = tokio::spawn(collect_logs(d.logs(&id, true).await.unwrap()));
+    let follower = tokio::spawn(collect_logs(
+        d.logs(
+            &id,
+            openshell_drivers::LogOptions {
+                follow: true,
+                tail: None,
+            },
+        )
+        .await
+        .unwrap(),
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     h.print(&st, "later").await;
     eventually("the later line", Duration::from_secs(10), || async {

@@ -509,7 +509,10 @@ async fn vm_driver_exit_codes_persistence_and_ownership() {
     driver.start(&id).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     let lines = loop {
-        let logs = driver.logs(&id, false).await.unwrap();
+        let logs = driver
+            .logs(&id, openshell_drivers::LogOptions::default())
+            .await
+            .unwrap();
         let lines: Vec<String> = logs.map(|l| l.unwrap().line).collect().await;
         if lines.iter().any(|l| l.starts_with("second-boot")) || Instant::now() > deadline {
             break lines;

@@ -295,23 +295,48 @@ impl Sandboxes {
         }
     }
 
-    /// The workload's last lines of output, as a diagnostic appended to a reason.
+    /// The workload's last lines of output, as a diagnostic appended to a reason. Only the
+    /// tail is read from the runtime, and each line is shortened: whatever the workload
+    /// printed, a status stays small.
     async fn output_tail(&self, id: &SandboxId) -> String {
         use futures::StreamExt;
+        /// Lines shown, and bytes kept of each.
+        const LINES: usize = 5;
+        const LINE_BYTES: usize = 512;
         let Ok(driver) = self.driver() else {
             return String::new();
         };
-        let Ok(stream) = driver.logs(id, false).await else {
+        let opts = openshell_drivers::LogOptions {
+            follow: false,
+            tail: Some(LINES),
+        };
+        let Ok(stream) = driver.logs(id, opts).await else {
             return String::new();
         };
-        let lines: Vec<String> = stream
-            .filter_map(|l| async move { l.ok().map(|l| l.line) })
-            .collect()
-            .await;
-        let tail = &lines[lines.len().saturating_sub(5)..];
+        // A ring as well: a runtime may count lines differently (the kubelet counts whole
+        // lines, we count pieces) and hand out more than asked.
+        let mut stream = std::pin::pin!(stream);
+        let mut tail = std::collections::VecDeque::with_capacity(LINES + 1);
+        while let Some(item) = stream.next().await {
+            let Ok(l) = item else { break };
+            let mut l = l.line;
+            if l.len() > LINE_BYTES {
+                let mut end = LINE_BYTES;
+                while !l.is_char_boundary(end) {
+                    end -= 1;
+                }
+                l.truncate(end);
+                l.push('…');
+            }
+            tail.push_back(l);
+            if tail.len() > LINES {
+                tail.pop_front();
+            }
+        }
         if tail.is_empty() {
             return String::new();
         }
+        let tail: Vec<String> = tail.into();
         format!("; its last output: {}", tail.join(" | "))
     }
 
@@ -696,7 +721,13 @@ impl Sandboxes {
         use futures::StreamExt;
         let obj = self.load_for(caller, Action::ReadSandbox, name).await?;
         let id = SandboxId::new(decode(&obj)?.id)?;
-        let stream = self.driver()?.logs(&id, follow).await?;
+        // The runtime reads the tail (not the whole log), and lines stream through as they
+        // are read: nothing here grows with what the workload printed.
+        let opts = openshell_drivers::LogOptions {
+            follow,
+            tail: (tail > 0).then_some(tail as usize),
+        };
+        let stream = self.driver()?.logs(&id, opts).await?;
         let lines = stream.map(|r| {
             r.map(|l| openshell_proto::LogLine {
                 timestamp_ms: crate::now_ms(),
@@ -708,13 +739,7 @@ impl Sandboxes {
             })
             .map_err(GatewayError::from)
         });
-        if tail == 0 || follow {
-            return Ok(lines.boxed());
-        }
-        // Without follow the stream ends: keep only the last `tail` lines.
-        let all: Vec<_> = lines.collect().await;
-        let skip = all.len().saturating_sub(tail as usize);
-        Ok(futures::stream::iter(all.into_iter().skip(skip)).boxed())
+        Ok(lines.boxed())
     }
 
     pub async fn delete(&self, caller: &Caller, name: &str) -> Result<(), GatewayError> {
