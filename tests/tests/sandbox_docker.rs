@@ -358,3 +358,40 @@ fn logs_stay_bounded_whatever_a_sandbox_prints() {
         TOTAL / 1024
     );
 }
+
+/// A gateway on loopback with the Docker driver: its containers cannot reach the host's
+/// 127.0.0.1, so no supervisor could ever connect back. The create fails at once, naming
+/// both fixes, and leaves nothing behind (it used to wait out the whole ready timeout).
+#[test]
+fn a_create_whose_sandbox_cannot_call_back_fails_at_once() {
+    let u = openshell_tests::CliUser::new();
+    u.run(&["pki", "init"]).ok();
+    let gw = openshell_tests::Gateway::builder()
+        .pki(&u.default_pki_dir())
+        .listen("127.0.0.1:0")
+        .arg("--drivers")
+        .arg("docker")
+        .arg("--sandbox-image")
+        .arg(image())
+        .arg("--ready-timeout")
+        .arg("30s")
+        .spawn();
+    u.enroll(gw.addr.port());
+    let started = std::time::Instant::now();
+    let r = u.run(&["sandbox", "create", "--name", "lonely"]).fails();
+    let took = started.elapsed();
+    eprintln!("create refused after {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    for fix in ["--listen 0.0.0.0", "--sandbox-callback"] {
+        assert!(r.stderr.contains(fix), "{}", r.stderr);
+    }
+    let list = u.run(&["sandbox", "list", "-o", "json"]).ok().json();
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+    let id = std::fs::read_to_string(gw.state_dir.join("gateway-id")).unwrap();
+    let out = Command::new("docker")
+        .args(["ps", "-a", "-q", "--filter"])
+        .arg(format!("label=openshell.gateway={}", id.trim()))
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty(), "a container was created");
+}

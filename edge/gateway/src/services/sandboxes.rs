@@ -115,6 +115,11 @@ pub struct Sandboxes {
     /// The endpoint supervisors dial (`https://host.docker.internal:PORT`), filled once the
     /// listener is bound.
     pub callback: Arc<std::sync::OnceLock<String>>,
+    /// Why no sandbox can dial `callback`, when the gateway knows it at start (it listens
+    /// on loopback and the runtime's containers cannot reach the host's loopback). Creates
+    /// and starts then fail at once, naming the fix, instead of waiting out
+    /// `ready_timeout` for a supervisor that can never connect.
+    pub unreachable: Arc<std::sync::OnceLock<String>>,
     /// A sandbox Provisioning for longer than this (since its create or start, or since
     /// this gateway started) is shown as Error with the driver's last output
     /// (`--ready-timeout`).
@@ -340,6 +345,14 @@ impl Sandboxes {
         format!("; its last output: {}", tail.join(" | "))
     }
 
+    /// Refuses when no supervisor could ever connect back (see [`Sandboxes::unreachable`]).
+    fn check_reachable(&self) -> Result<(), GatewayError> {
+        match self.unreachable.get() {
+            Some(why) => Err(GatewayError::Precondition(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     pub async fn create(
         &self,
         caller: &Caller,
@@ -352,6 +365,7 @@ impl Sandboxes {
                 "sandboxes need the gateway's CA to mint their credentials: run the gateway with TLS from an `openshell pki init` directory".into(),
             )
         })?;
+        self.check_reachable()?;
         let callback = self.callback.get().cloned().ok_or_else(|| {
             GatewayError::Internal("the callback endpoint is not known yet".into())
         })?;
@@ -558,6 +572,7 @@ impl Sandboxes {
 
     pub async fn start(&self, caller: &Caller, name: &str) -> Result<Sandbox, GatewayError> {
         let obj = self.load_for(caller, Action::StartSandbox, name).await?;
+        self.check_reachable()?;
         let id = SandboxId::new(decode(&obj)?.id)?;
         self.forget_session(&id);
         let w = self.driver()?.start(&id).await?;
