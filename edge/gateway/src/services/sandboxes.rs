@@ -664,7 +664,15 @@ impl Sandboxes {
             let mut known: HashMap<String, (i32, String, bool)> = HashMap::new();
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
             loop {
-                tick.tick().await;
+                // A client that went away must not leave this loop polling the runtime
+                // forever: a send would notice only when something changes.
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = tx.closed() => {
+                        tracing::debug!("watch ended: its client went away");
+                        return;
+                    }
+                }
                 let current = match this.list_selected(&selector, 0, 0).await {
                     Ok(list) => list,
                     Err(e) => {
@@ -772,6 +780,103 @@ impl Sandboxes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fake driver, counting how often the runtime is listed.
+    struct CountingDriver(
+        openshell_drivers::FakeDriver,
+        std::sync::atomic::AtomicUsize,
+    );
+
+    #[async_trait::async_trait]
+    impl ComputeDriver for CountingDriver {
+        async fn info(&self) -> openshell_drivers::DriverInfo {
+            self.0.info().await
+        }
+        async fn create(
+            &self,
+            id: &SandboxId,
+            name: &SandboxName,
+            spec: &SandboxSpec,
+        ) -> Result<openshell_drivers::WorkloadStatus, openshell_drivers::DriverError> {
+            self.0.create(id, name, spec).await
+        }
+        async fn start(
+            &self,
+            id: &SandboxId,
+        ) -> Result<openshell_drivers::WorkloadStatus, openshell_drivers::DriverError> {
+            self.0.start(id).await
+        }
+        async fn stop(
+            &self,
+            id: &SandboxId,
+        ) -> Result<openshell_drivers::WorkloadStatus, openshell_drivers::DriverError> {
+            self.0.stop(id).await
+        }
+        async fn delete(&self, id: &SandboxId) -> Result<(), openshell_drivers::DriverError> {
+            self.0.delete(id).await
+        }
+        async fn get(
+            &self,
+            id: &SandboxId,
+        ) -> Result<openshell_drivers::WorkloadStatus, openshell_drivers::DriverError> {
+            self.0.get(id).await
+        }
+        async fn list(
+            &self,
+        ) -> Result<Vec<openshell_drivers::WorkloadStatus>, openshell_drivers::DriverError>
+        {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.list().await
+        }
+        async fn watch(
+            &self,
+        ) -> Result<openshell_drivers::EventStream, openshell_drivers::DriverError> {
+            self.0.watch().await
+        }
+        async fn logs(
+            &self,
+            id: &SandboxId,
+            opts: openshell_drivers::LogOptions,
+        ) -> Result<openshell_drivers::LogStream, openshell_drivers::DriverError> {
+            self.0.logs(id, opts).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_stops_polling_when_its_client_goes_away() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let driver = Arc::new(CountingDriver(
+            openshell_drivers::FakeDriver::new(
+                openshell_drivers::GatewayId::new("gw-test").unwrap(),
+                &[],
+            ),
+            Default::default(),
+        ));
+        let sandboxes = Arc::new(Sandboxes {
+            store: Arc::new(openshell_store::MemoryStore::default()),
+            driver: Some(driver.clone()),
+            sessions: Arc::new(crate::sessions::LocalSessions::default()),
+            minter: None,
+            default_image: "img".into(),
+            callback: Default::default(),
+            unreachable: Default::default(),
+            ready_timeout: std::time::Duration::from_secs(60),
+            started_ms: 0,
+        });
+        let caller = crate::auth::test_caller("alice", &[crate::authz::Role::User]);
+        let stream = sandboxes
+            .watch(&caller, String::new(), HashMap::new(), false)
+            .unwrap();
+        let polls = || driver.1.load(SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        assert!(polls() >= 2, "the watch did not poll: {}", polls());
+        drop(stream);
+        // The task notices within one tick; after that the count must stand still.
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        let after = polls();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert_eq!(polls(), after, "a watch without a client kept polling");
+    }
 
     #[test]
     fn ready_only_with_a_live_session() {
