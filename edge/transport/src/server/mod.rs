@@ -225,6 +225,15 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Bound on a TCP TLS handshake. Default 10 s.
     pub tls_handshake_timeout: Duration,
+    /// TCP connections in their TLS handshake at once, in all. Default 512: a handshake
+    /// takes a round trip or two, so this is far above what real clients need at once,
+    /// and it bounds the tasks and buffers a flood of silent sockets can pin for up to
+    /// `tls_handshake_timeout` each. Connections beyond it are closed at accept.
+    pub max_tls_handshakes: usize,
+    /// TCP connections in their TLS handshake at once from one IP address. Default 32: one
+    /// host (or a NAT in front of many) rarely opens more at once, and one flooding host
+    /// then takes at most this share of `max_tls_handshakes`.
+    pub max_tls_handshakes_per_ip: usize,
     /// HTTP/2 keep-alive on the TCP path. Default 20 s interval, 10 s timeout.
     pub h2_keepalive: Duration,
 }
@@ -238,6 +247,8 @@ impl ServerConfig {
             tuning: QuicTuning::default(),
             shutdown_grace: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
+            max_tls_handshakes: 512,
+            max_tls_handshakes_per_ip: 32,
             h2_keepalive: Duration::from_secs(20),
         }
     }

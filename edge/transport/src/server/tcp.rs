@@ -35,7 +35,68 @@ pub(super) async fn bind(addr: SocketAddr) -> Result<TcpListener, TransportError
         .map_err(|e| TransportError::bind(addr, e))
 }
 
+/// Connections in their TLS handshake, in all and per IP (see
+/// `ServerConfig::max_tls_handshakes`).
+struct Handshakes {
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    total: std::sync::atomic::AtomicUsize,
+    max: usize,
+    max_per_ip: usize,
+}
+
+/// One handshake's place; released when dropped (handshake done, failed or timed out).
+struct HandshakeSlot {
+    handshakes: Arc<Handshakes>,
+    ip: std::net::IpAddr,
+}
+
+impl Handshakes {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        self.per_ip.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<HandshakeSlot> {
+        use std::sync::atomic::Ordering;
+        let mut map = self.lock();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip || self.total.load(Ordering::Relaxed) >= self.max {
+            if *n == 0 {
+                map.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Some(HandshakeSlot {
+            handshakes: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let mut map = self.handshakes.lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+        self.handshakes.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub(super) async fn accept_loop(listener: TcpListener, shared: Shared) {
+    let handshakes = Arc::new(Handshakes {
+        per_ip: Default::default(),
+        total: Default::default(),
+        max: shared.config.max_tls_handshakes,
+        max_per_ip: shared.config.max_tls_handshakes_per_ip,
+    });
     let acceptor = shared.config.tls.as_ref().map(|tls| {
         let sessions = rustls::server::ServerSessionMemoryCache::new(1024);
         tls.server_config(ALPN_H2, false, sessions)
@@ -59,6 +120,18 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Shared) {
             }
         };
         let _ = stream.set_nodelay(true);
+        // Only TLS has a handshake to bound (plaintext is loopback only).
+        let slot = match acceptor {
+            Some(_) => match handshakes.enter(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    TransportMetrics::inc(&shared.metrics.handshake_failures);
+                    tracing::debug!(%peer, "too many TLS handshakes at once: connection closed");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let shared = shared.clone();
         let acceptor = acceptor.clone();
         let span = tracing::info_span!("conn", transport = "tcp", %peer);
@@ -71,6 +144,7 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Shared) {
                             acceptor.accept(stream).into_fallible(),
                         )
                         .await;
+                        drop(slot);
                         match hs {
                             Ok(Ok(tls)) => {
                                 let client = tls
