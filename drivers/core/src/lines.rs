@@ -38,8 +38,13 @@ pub struct LineSplitter {
     ready: VecDeque<LogLine>,
 }
 
+/// A whole line: its `\r` before the newline is part of the line ending.
 fn line(stream: OutputStream, bytes: &[u8]) -> LogLine {
-    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    piece(stream, bytes.strip_suffix(b"\r").unwrap_or(bytes))
+}
+
+/// A piece of a longer line, as it is.
+fn piece(stream: OutputStream, bytes: &[u8]) -> LogLine {
     LogLine {
         stream,
         line: String::from_utf8_lossy(bytes).into_owned(),
@@ -70,7 +75,7 @@ impl LineSplitter {
             chunk = &chunk[take..];
             // Full, and the next byte (there is one) is not a newline: a piece.
             if !chunk.is_empty() {
-                self.ready.push_back(line(stream, partial));
+                self.ready.push_back(piece(stream, partial));
                 partial.clear();
             }
         }
@@ -145,6 +150,14 @@ mod tests {
         let got = drain(&mut sp);
         let lens: Vec<usize> = got.iter().map(|(_, l)| l.len()).collect();
         assert_eq!(lens, [MAX_LINE, MAX_LINE, MAX_LINE / 2]);
+        // A piece ending in `\r` keeps it: only a line ending drops it.
+        let mut data = vec![b'z'; MAX_LINE - 1];
+        data.extend_from_slice(b"\rmore\r\n");
+        sp.push(Stdout, &data);
+        let got = drain(&mut sp);
+        assert_eq!(got.len(), 2);
+        assert!(got[0].1.ends_with('\r'));
+        assert_eq!(got[1].1, "more");
     }
 
     #[test]
