@@ -127,7 +127,10 @@ async fn wait_ready(h: &impl Harness, id: &SandboxId, starts: usize) {
         "the workload to print `started`",
         Duration::from_secs(20),
         || async {
-            let logs = d.logs(id, false).await.unwrap();
+            let logs = d
+                .logs(id, openshell_drivers::LogOptions::default())
+                .await
+                .unwrap();
             let lines = collect_logs(logs).await;
             lines.iter().filter(|l| l.line == "started").count() >= starts
         },
@@ -353,7 +356,11 @@ async fn delete_removes_the_workload_and_is_idempotent(h: &impl Harness) {
         assert!(matches!(e, DriverError::NotFound { .. }), "{e:?}");
         assert!(e.to_string().contains(id.as_str()), "{e}");
     }
-    assert!(d.logs(&id, false).await.is_err());
+    assert!(
+        d.logs(&id, openshell_drivers::LogOptions::default())
+            .await
+            .is_err()
+    );
     assert!(d.list().await.unwrap().is_empty());
 }
 
@@ -485,7 +492,10 @@ async fn logs_return_the_output(h: &impl Harness) {
     let hello = format!("hello {}", random_hex(4));
     h.print(&st, &hello).await;
     let lines = || async {
-        let logs = d.logs(&id, false).await.unwrap();
+        let logs = d
+            .logs(&id, openshell_drivers::LogOptions::default())
+            .await
+            .unwrap();
         collect_logs(logs)
             .await
             .into_iter()
@@ -502,9 +512,31 @@ async fn logs_return_the_output(h: &impl Harness) {
         },
     )
     .await;
+    // A tail is the end of the same lines, read from the end.
+    let all = lines().await;
+    let opts = openshell_drivers::LogOptions {
+        follow: false,
+        tail: Some(1),
+    };
+    let tail: Vec<String> = collect_logs(d.logs(&id, opts).await.unwrap())
+        .await
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert_eq!(tail, all[all.len() - 1..], "all lines: {all:?}");
 
     // Followed logs go on until the workload stops.
-    let follower = tokio::spawn(collect_logs(d.logs(&id, true).await.unwrap()));
+    let follower = tokio::spawn(collect_logs(
+        d.logs(
+            &id,
+            openshell_drivers::LogOptions {
+                follow: true,
+                tail: None,
+            },
+        )
+        .await
+        .unwrap(),
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     h.print(&st, "later").await;
     eventually("the later line", Duration::from_secs(10), || async {
@@ -982,7 +1014,9 @@ impl Runtime {
         if !ids.is_empty() {
             run(self.cli().args(["rm", "-f"]).args(&ids));
         }
-        let out = run(self.cli().args(["network", "ls", "-q", "--filter", &filter]));
+        let out = run(self
+            .cli()
+            .args(["network", "ls", "-q", "--filter", &filter]));
         let nets = String::from_utf8_lossy(&out.stdout).to_string();
         let nets: Vec<&str> = nets.split_whitespace().collect();
         if !nets.is_empty() {
@@ -1285,7 +1319,10 @@ async fn sandboxes_are_confined_and_apart(rt: &'static Runtime) {
         ..spec(&h)
     };
     let (ida, idb) = (SandboxId::generate(), SandboxId::generate());
-    let a = d.create(&ida, &name("conf-a"), &with_credential).await.unwrap();
+    let a = d
+        .create(&ida, &name("conf-a"), &with_credential)
+        .await
+        .unwrap();
     let a = running(&h, d.as_ref(), a).await;
     let b = d.create(&idb, &name("conf-b"), &spec(&h)).await.unwrap();
     let b = running(&h, d.as_ref(), b).await;
@@ -1311,7 +1348,9 @@ async fn sandboxes_are_confined_and_apart(rt: &'static Runtime) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        h.read_file(&a, "/run/openshell/credentials/tls.key").await.as_deref(),
+        h.read_file(&a, "/run/openshell/credentials/tls.key")
+            .await
+            .as_deref(),
         Some("-----BEGIN PRIVATE KEY-----\nSECRET-MATERIAL\n")
     );
     // Nothing of it in the runtime's view of the container, nor read back.
@@ -1362,13 +1401,21 @@ async fn sandboxes_are_confined_and_apart(rt: &'static Runtime) {
     };
     let (ip_a, ip_b) = (ip_of(&a).await, ip_of(&b).await);
     assert!(!ip_a.is_empty() && !ip_b.is_empty() && !ip_a.contains(' '));
-    assert!(ip_a.starts_with("10.213.") && ip_b.starts_with("10.213."), "{ip_a} {ip_b}");
-    h.exec_ok(&a, &["sh", "-c", "nc -ll -p 7000 -e echo hi >/dev/null 2>&1 &"])
-        .await;
+    assert!(
+        ip_a.starts_with("10.213.") && ip_b.starts_with("10.213."),
+        "{ip_a} {ip_b}"
+    );
+    h.exec_ok(
+        &a,
+        &["sh", "-c", "nc -ll -p 7000 -e echo hi >/dev/null 2>&1 &"],
+    )
+    .await;
     let addr: std::net::SocketAddr = format!("{ip_a}:7000").parse().unwrap();
-    eventually("a's listener answers the host", Duration::from_secs(10), || async {
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
-    })
+    eventually(
+        "a's listener answers the host",
+        Duration::from_secs(10),
+        || async { std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() },
+    )
     .await;
     let probe = h
         .exec(&b, &["sh", "-c", &format!("echo | nc -w 2 {ip_a} 7000")])
@@ -1379,10 +1426,16 @@ async fn sandboxes_are_confined_and_apart(rt: &'static Runtime) {
     );
 
     let network = format!("{NAME_PREFIX}net-{ida}");
-    assert!(run(rt.cli().args(["network", "inspect", &network])).status.success());
+    assert!(
+        run(rt.cli().args(["network", "inspect", &network]))
+            .status
+            .success()
+    );
     d.delete(&ida).await.unwrap();
     assert!(
-        !run(rt.cli().args(["network", "inspect", &network])).status.success(),
+        !run(rt.cli().args(["network", "inspect", &network]))
+            .status
+            .success(),
         "the sandbox's network outlived it"
     );
 }

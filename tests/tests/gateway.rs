@@ -408,6 +408,63 @@ fn health_readiness_and_metrics() {
     assert_eq!(gw.http_get("/nope").0, 404);
 }
 
+/// Whether the peer closes `s` within `within` (EOF or reset), without us sending more.
+fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// The health listener is unauthenticated: sockets that never finish a request are closed
+/// after the header timeout (5 s), and at most 64 are served at once; the next is closed at
+/// accept. Probes work again as soon as the flood is gone.
+#[test]
+fn the_health_listener_bounds_idle_connections() {
+    let pki = TestPki::new();
+    let gw = Gateway::builder().pki(pki.dir()).health().spawn();
+    let addr = gw.health.unwrap();
+    let mut held: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    // Half a request: headers never finished.
+    {
+        use std::io::Write;
+        held[0]
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+    }
+    let mut extra = std::net::TcpStream::connect(addr).unwrap();
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(2)),
+        "a 65th connection was kept open"
+    );
+    let started = std::time::Instant::now();
+    assert!(
+        closed_within(&mut held[0], Duration::from_secs(8)),
+        "unfinished headers held a connection open"
+    );
+    let took = started.elapsed();
+    eprintln!("a connection with unfinished headers was closed after {took:?}");
+    assert!(
+        took >= Duration::from_secs(3),
+        "closed before the header timeout: {took:?}"
+    );
+    drop(held);
+    assert_eventually!(
+        Duration::from_secs(8),
+        gw.http_get("/healthz").0 == 200,
+        "probes fail after the flood ended"
+    );
+}
+
 #[test]
 fn json_logs_are_json() {
     let pki = TestPki::new();

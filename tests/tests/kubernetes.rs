@@ -201,7 +201,12 @@ async fn a_sandbox_is_a_labelled_pod_with_its_credential_in_a_secret() {
     assert!(e.to_string().contains(name.as_str()), "{e}");
 
     // No node runs it yet: no output (the apiserver answers an empty log).
-    let lines: Vec<_> = d.logs(&id, false).await.unwrap().collect().await;
+    let lines: Vec<_> = d
+        .logs(&id, openshell_drivers::LogOptions::default())
+        .await
+        .unwrap()
+        .collect()
+        .await;
     assert!(lines.is_empty(), "{lines:?}");
 
     // The node reports the pod running, then its main process exits.

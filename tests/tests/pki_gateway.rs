@@ -139,3 +139,128 @@ async fn expired_certificate_from_pki_issue_is_refused() {
         "a connection with an expired certificate stayed open"
     );
 }
+
+/// Whether `e` (an RPC refusal) or the connection's close reason says the certificate is
+/// no longer trusted: the resumed connection's first request and the gateway's periodic
+/// check race, and either must refuse it with that reason.
+fn refused_as_untrusted(conn: &openshell_transport::Connection, e: &tonic::Status) -> bool {
+    let untrusted = "no longer trusted";
+    (e.code() == tonic::Code::Unauthenticated && e.message().contains(untrusted))
+        || conn
+            .close_reason()
+            .is_some_and(|r| r.to_string().contains(untrusted))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_ca_closes_open_connections_and_refuses_resumed_sessions() {
+    let u = CliUser::new();
+    u.run(&["pki", "init"]).ok();
+    let gw = Gateway::builder().pki(&u.default_pki_dir()).spawn();
+    u.run(&["pki", "issue", "alice", "--gateway", "old"]).ok();
+    u.run(&["gateway", "add", &gw.endpoint(), "--name", "old"])
+        .ok();
+
+    // One connector per path keeps its session tickets, as the CLI agent does.
+    let old = material(&u, "old");
+    let connectors =
+        [PathHint::QuicOnly, PathHint::TcpOnly].map(|h| connector(&gw, old.clone(), h));
+    let mut open = Vec::new();
+    for c in &connectors {
+        let conn = c.connect().await.unwrap();
+        OpenShellClient::new(conn.channel())
+            .get_gateway_info(GetGatewayInfoRequest {})
+            .await
+            .unwrap();
+        open.push(conn);
+    }
+
+    // The PKI is replaced: alice's CA is trusted no more. Within 2 s the gateway reloads and
+    // closes both connections.
+    u.run(&["pki", "init", "--force"]).ok();
+    let replaced = std::time::Instant::now();
+    assert_eventually!(
+        Duration::from_secs(2),
+        open.iter().all(|c| c.close_reason().is_some()),
+        "connections of a no longer trusted CA stayed open: {:?}\n{}",
+        open.iter().map(|c| c.close_reason()).collect::<Vec<_>>(),
+        gw.logs()
+    );
+    let took = replaced.elapsed();
+    // QUIC carries the reason (TCP just ends).
+    let reason = open[0].close_reason().unwrap().to_string();
+    assert!(reason.contains("no longer trusted"), "{reason}");
+    eprintln!("open connections closed {took:?} after the CA was replaced");
+
+    // Reconnecting resumes the old session (QUIC even in 0-RTT): the restored certificate is
+    // verified again and refused.
+    for (c, hint) in connectors.iter().zip(["quic", "tcp"]) {
+        let conn = c.connect().await.unwrap();
+        let r = OpenShellClient::new(conn.channel())
+            .get_gateway_info(GetGatewayInfoRequest {})
+            .await;
+        let e = r.expect_err("a resumed session of an untrusted certificate was served");
+        assert!(refused_as_untrusted(&conn, &e), "{hint}: {e:?}");
+        if hint == "quic" {
+            assert_eq!(
+                conn.zero_rtt_settled().await,
+                openshell_transport::ZeroRtt::Accepted,
+                "the QUIC reconnection did not resume its session"
+            );
+        }
+        assert_eventually!(
+            Duration::from_secs(2),
+            conn.close_reason().is_some(),
+            "{hint}: the resumed connection stayed open"
+        );
+    }
+
+    // The new CA's certificates work: the gateway did not simply refuse everyone.
+    u.run(&["pki", "issue", "bob", "--gateway", "new"]).ok();
+    u.run(&["gateway", "add", &gw.endpoint(), "--name", "new"])
+        .ok();
+    u.run(&["-g", "new", "status"]).ok();
+}
+
+/// The end of a CA rotation's overlap is a trust change on a timer, with no file changing:
+/// a connection of the old CA's certificate is served during the overlap and closed within
+/// 2 s of its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_a_rotation_overlap_closes_the_old_cas_connections() {
+    let u = CliUser::new();
+    u.run(&["pki", "init"]).ok();
+    let gw = Gateway::builder().pki(&u.default_pki_dir()).spawn();
+    u.run(&["pki", "issue", "alice", "--gateway", "old"]).ok();
+    u.run(&["gateway", "add", &gw.endpoint(), "--name", "old"])
+        .ok();
+    let conn = connector(&gw, material(&u, "old"), PathHint::QuicOnly)
+        .connect()
+        .await
+        .unwrap();
+    let info = || async {
+        OpenShellClient::new(conn.channel())
+            .get_gateway_info(GetGatewayInfoRequest {})
+            .await
+    };
+    info().await.unwrap();
+
+    let reloads = gw.logs().matches("TLS material reloaded").count();
+    u.run(&["pki", "rotate-ca", "--overlap", "3s"]).ok();
+    // The overlap ends at most 3 s from here (the CLI recorded it before returning).
+    let rotated = std::time::Instant::now();
+    wait_reload(&gw, reloads);
+    if rotated.elapsed() < Duration::from_secs(2) {
+        info().await.expect("refused during the overlap");
+    }
+    assert_eventually!(
+        Duration::from_secs(5).saturating_sub(rotated.elapsed()),
+        conn.close_reason().is_some(),
+        "the old CA's connection outlived the overlap by more than 2 s\n{}",
+        gw.logs()
+    );
+    eprintln!(
+        "closed {:?} after the rotation (overlap 3 s)",
+        rotated.elapsed()
+    );
+    let reason = conn.close_reason().unwrap().to_string();
+    assert!(reason.contains("no longer trusted"), "{reason}");
+}

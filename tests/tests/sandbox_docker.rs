@@ -284,3 +284,114 @@ fn sandbox_lifecycle_on_docker() {
     let list = s.u.run(&["sandbox", "list", "-o", "json"]).ok().json();
     assert_eq!(list.as_array().unwrap().len(), 0);
 }
+
+/// The gateway's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("no VmHWM in /proc/PID/status")
+}
+
+/// A sandbox prints 8 MiB without a single newline. The engine's log driver stores it in
+/// entries of 16 KiB (Docker's copier cuts a line at its 16 KiB buffer), and the gateway
+/// hands it out in pieces of exactly `MAX_LINE` (also 16 KiB): 512 pieces, none longer,
+/// nothing lost. `--tail` asks the engine for the last entries only. The gateway never holds
+/// the line: its peak memory grows by less than the output's size.
+///
+/// The size is chosen to stay inside one json-file of this machine's daemon (`max-size`
+/// 10m, `max-file` 3: 608 entries of 16 KiB per file): more output than the daemon keeps
+/// (about 29 MiB here) would lose its oldest pieces in the daemon, not in the gateway.
+#[test]
+fn logs_stay_bounded_whatever_a_sandbox_prints() {
+    const PIECE: usize = 16 * 1024;
+    const TOTAL: usize = 8 << 20;
+    let s = SandboxEnv::docker();
+    s.u.run(&[
+        "sandbox",
+        "create",
+        "--name",
+        "flood",
+        "--",
+        "sh",
+        "-c",
+        &format!("yes x | tr -d '\\n' | head -c {TOTAL}; sleep 600"),
+    ])
+    .ok();
+    let pid = s.gw.as_ref().unwrap().pid();
+    let rss_before = peak_rss_kib(pid);
+    let pieces = |r: &openshell_tests::Run| -> Vec<usize> {
+        r.stdout.lines().map(str::len).collect::<Vec<_>>()
+    };
+    // The output may still be arriving right after create: wait for all of it.
+    let mut all = s.u.run(&["sandbox", "logs", "flood"]).ok();
+    for _ in 0..100 {
+        if pieces(&all).iter().sum::<usize>() >= TOTAL {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        all = s.u.run(&["sandbox", "logs", "flood"]).ok();
+    }
+    let got = pieces(&all);
+    assert_eq!(
+        got.len(),
+        TOTAL / PIECE,
+        "pieces: {:?}",
+        &got[..got.len().min(8)]
+    );
+    assert!(got.iter().all(|n| *n == PIECE), "a piece is not 16 KiB");
+    assert!(all.stdout.lines().all(|l| l.bytes().all(|b| b == b'x')));
+
+    let tail = s.u.run(&["sandbox", "logs", "flood", "--tail", "3"]).ok();
+    assert_eq!(pieces(&tail), [PIECE; 3]);
+
+    let rss_after = peak_rss_kib(pid);
+    eprintln!(
+        "gateway peak RSS {rss_before} KiB before reading {TOTAL} bytes of output, {rss_after} KiB after"
+    );
+    assert!(
+        rss_after - rss_before < (TOTAL / 1024) as u64,
+        "the gateway's peak memory grew by {} KiB reading {} KiB of output",
+        rss_after - rss_before,
+        TOTAL / 1024
+    );
+}
+
+/// A gateway on loopback with the Docker driver: its containers cannot reach the host's
+/// 127.0.0.1, so no supervisor could ever connect back. The create fails at once, naming
+/// both fixes, and leaves nothing behind (it used to wait out the whole ready timeout).
+#[test]
+fn a_create_whose_sandbox_cannot_call_back_fails_at_once() {
+    let u = openshell_tests::CliUser::new();
+    u.run(&["pki", "init"]).ok();
+    let gw = openshell_tests::Gateway::builder()
+        .pki(&u.default_pki_dir())
+        .listen("127.0.0.1:0")
+        .arg("--drivers")
+        .arg("docker")
+        .arg("--sandbox-image")
+        .arg(image())
+        .arg("--ready-timeout")
+        .arg("30s")
+        .spawn();
+    u.enroll(gw.addr.port());
+    let started = std::time::Instant::now();
+    let r = u.run(&["sandbox", "create", "--name", "lonely"]).fails();
+    let took = started.elapsed();
+    eprintln!("create refused after {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    for fix in ["--listen 0.0.0.0", "--sandbox-callback"] {
+        assert!(r.stderr.contains(fix), "{}", r.stderr);
+    }
+    let list = u.run(&["sandbox", "list", "-o", "json"]).ok().json();
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+    let id = std::fs::read_to_string(gw.state_dir.join("gateway-id")).unwrap();
+    let out = Command::new("docker")
+        .args(["ps", "-a", "-q", "--filter"])
+        .arg(format!("label=openshell.gateway={}", id.trim()))
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty(), "a container was created");
+}

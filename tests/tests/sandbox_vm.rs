@@ -509,7 +509,10 @@ async fn vm_driver_exit_codes_persistence_and_ownership() {
     driver.start(&id).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     let lines = loop {
-        let logs = driver.logs(&id, false).await.unwrap();
+        let logs = driver
+            .logs(&id, openshell_drivers::LogOptions::default())
+            .await
+            .unwrap();
         let lines: Vec<String> = logs.map(|l| l.unwrap().line).collect().await;
         if lines.iter().any(|l| l.starts_with("second-boot")) || Instant::now() > deadline {
             break lines;
@@ -517,6 +520,30 @@ async fn vm_driver_exit_codes_persistence_and_ownership() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(lines.iter().any(|l| l == "first-boot"), "{lines:?}");
+    // A tail is read from the end of the console: the same lines, in the same order.
+    let tail_opts = openshell_drivers::LogOptions {
+        follow: false,
+        tail: Some(3),
+    };
+    let tail: Vec<String> = driver
+        .logs(&id, tail_opts)
+        .await
+        .unwrap()
+        .map(|l| l.unwrap().line)
+        .collect()
+        .await;
+    let full: Vec<String> = driver
+        .logs(&id, openshell_drivers::LogOptions::default())
+        .await
+        .unwrap()
+        .map(|l| l.unwrap().line)
+        .collect()
+        .await;
+    assert_eq!(tail.len(), 3, "{tail:?}");
+    assert!(
+        full.windows(3).any(|w| w == tail.as_slice()),
+        "tail {tail:?} is not a run of {full:?}"
+    );
     for want in ["IFS=/b", "B=/bin/false", "TRICK=$(echo pwned) `echo pwned`"] {
         assert!(lines.iter().any(|l| l == want), "{want}: {lines:?}");
     }

@@ -639,3 +639,45 @@ async fn garbage_on_the_port_does_not_hurt_other_clients() {
         .unwrap();
     exercise_rpc_shapes(&again).await;
 }
+
+/// Silent TCP sockets (no TLS ClientHello) hold a handshake slot for up to the handshake
+/// timeout; one address gets at most 32 at once and the next is closed at accept, so a
+/// flood from one host cannot pin unbounded tasks. Real clients get in once it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tcp_handshakes_are_capped_per_address() {
+    let pki = TestPki::new();
+    let gw = Gateway::builder().pki(pki.dir()).spawn();
+    let creds = pki.client("alice", &[]);
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        held.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    }
+    let mut extra = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "a 33rd silent handshake from one address was kept open: {r:?}"
+    );
+    // The held ones are still waiting (their timeout is 10 s), not closed.
+    let r = tokio::time::timeout(Duration::from_millis(200), held[0].read(&mut buf)).await;
+    assert!(r.is_err(), "a held handshake was closed early: {r:?}");
+    drop(held);
+    // The gateway frees their slots as it reads their EOF.
+    let connector = connector(&gw, &creds, PathHint::TcpOnly);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let conn = loop {
+        match connector.connect().await {
+            Ok(c) => break c,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no room after the flood ended: {e}"),
+        }
+    };
+    OpenShellClient::new(conn.channel())
+        .get_gateway_info(GetGatewayInfoRequest {})
+        .await
+        .unwrap();
+}

@@ -3,8 +3,8 @@
 use futures::stream::BoxStream;
 
 use crate::{
-    DriverError, DriverInfo, LogLine, SandboxId, SandboxName, SandboxSpec, WorkloadEvent,
-    WorkloadStatus,
+    DriverError, DriverInfo, LogLine, LogOptions, SandboxId, SandboxName, SandboxSpec,
+    WorkloadEvent, WorkloadStatus,
 };
 
 /// State changes of this gateway's workloads; see [`ComputeDriver::watch`].
@@ -68,9 +68,12 @@ pub trait ComputeDriver: Send + Sync + 'static {
     async fn watch(&self) -> Result<EventStream, DriverError>;
 
     /// The output of the workload's main process, one line per item, from its start
-    /// (across restarts). With `follow` the stream goes on until the workload stops;
-    /// without, it ends after the lines written so far.
-    async fn logs(&self, id: &SandboxId, follow: bool) -> Result<LogStream, DriverError>;
+    /// (across restarts), or only its last lines ([`LogOptions::tail`]). With
+    /// [`LogOptions::follow`] the stream goes on until the workload stops; without, it ends
+    /// after the lines written so far. No line is longer than [`MAX_LINE`](crate::MAX_LINE)
+    /// bytes (longer ones come in pieces, see [`LineSplitter`](crate::LineSplitter)), and the
+    /// stream is produced as it is read: memory stays bounded whatever the workload printed.
+    async fn logs(&self, id: &SandboxId, opts: LogOptions) -> Result<LogStream, DriverError>;
 
     /// Called once when the gateway shuts down. Workloads that must not outlive it (VMs
     /// are processes of the gateway's host, not of a runtime daemon) are stopped here, so

@@ -12,8 +12,8 @@ use tokio::sync::broadcast;
 
 use crate::{
     ComputeDriver, DriverError, DriverHealth, DriverInfo, EventStream, GatewayId, LogLine,
-    LogStream, OutputStream, SandboxId, SandboxName, SandboxSpec, WorkloadEvent, WorkloadState,
-    WorkloadStatus,
+    LogOptions, LogStream, OutputStream, SandboxId, SandboxName, SandboxSpec, WorkloadEvent,
+    WorkloadState, WorkloadStatus,
 };
 
 const RUNTIME: &str = "fake";
@@ -420,13 +420,16 @@ impl ComputeDriver for FakeDriver {
         Ok(stream.boxed())
     }
 
-    async fn logs(&self, id: &SandboxId, follow: bool) -> Result<LogStream, DriverError> {
+    async fn logs(&self, id: &SandboxId, opts: LogOptions) -> Result<LogStream, DriverError> {
+        let follow = opts.follow;
         let state = self.state()?;
         let key = self.key_of(&state, id)?;
         // Subscribe under the lock so no line falls between the snapshot and the live part.
         let rx = self.runtime.inner.output.subscribe();
         let w = &state.workloads[&key];
-        let past: Vec<Result<LogLine, DriverError>> = w.logs.iter().cloned().map(Ok).collect();
+        let skip = opts.tail.map_or(0, |n| w.logs.len().saturating_sub(n));
+        let past: Vec<Result<LogLine, DriverError>> =
+            w.logs.iter().skip(skip).cloned().map(Ok).collect();
         let live = follow && w.state == WorkloadState::Running;
         drop(state);
         let past = futures::stream::iter(past);
@@ -501,7 +504,16 @@ mod tests {
             .await
             .unwrap();
         driver.print(&id, "one").unwrap();
-        let mut logs = driver.logs(&id, true).await.unwrap();
+        let mut logs = driver
+            .logs(
+                &id,
+                LogOptions {
+                    follow: true,
+                    tail: None,
+                },
+            )
+            .await
+            .unwrap();
         driver.print(&id, "two").unwrap();
         driver.exit(&id, 3).unwrap();
         let lines: Vec<_> = (&mut logs).map(|l| l.unwrap().line).collect().await;

@@ -30,12 +30,14 @@ mod driver;
 mod error;
 pub mod errtext;
 mod fake;
+mod lines;
 mod types;
 
 pub use credentials::{CREDENTIAL_DIR, Credentials, SUPERVISOR_CAPABILITIES};
 pub use driver::{ComputeDriver, EventStream, LogStream};
 pub use error::DriverError;
 pub use fake::{FakeDriver, FakeRuntime};
+pub use lines::{LineSplitter, LogOptions, MAX_LINE};
 pub use types::{
     DriverHealth, DriverInfo, GatewayId, LABEL_GATEWAY, LABEL_IMAGE, LABEL_MANAGED, LABEL_PREFIX,
     LABEL_SANDBOX_ID, LABEL_SANDBOX_NAME, LogLine, OutputStream, SandboxId, SandboxName,

@@ -21,13 +21,12 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use openshell_drivers::{
     DriverError, DriverHealth, DriverInfo, EventStream, GatewayId, LABEL_GATEWAY, LABEL_IMAGE,
-    LABEL_MANAGED, LABEL_PREFIX, LABEL_SANDBOX_ID, LABEL_SANDBOX_NAME, LogStream, SandboxId,
-    SandboxName, SandboxSpec, WorkloadEvent, WorkloadState, WorkloadStatus,
+    LABEL_MANAGED, LABEL_PREFIX, LABEL_SANDBOX_ID, LABEL_SANDBOX_NAME, LineSplitter, LogOptions,
+    LogStream, SandboxId, SandboxName, SandboxSpec, WorkloadEvent, WorkloadState, WorkloadStatus,
 };
 use tokio::sync::Mutex;
 
 use crate::isolation;
-use crate::lines::LineSplitter;
 use crate::raw::{self, RawError};
 
 /// The smallest memory limit a container can have (Docker's documented minimum).
@@ -836,17 +835,23 @@ impl Engine {
     pub(crate) async fn logs(
         &self,
         id: &SandboxId,
-        follow: bool,
+        opts: LogOptions,
     ) -> Result<LogStream, DriverError> {
         let docker = self.client().await?;
         let container = self.find_or_not_found(&docker, id).await?;
+        // The engine keeps its log entries cut at 16 KiB (as `MAX_LINE`), so its tail
+        // counts the same pieces ours would.
+        let tail = opts
+            .tail
+            .map_or_else(|| "all".to_string(), |n| n.to_string());
         let chunks = docker
             .logs(
                 &container,
                 Some(LogsOptions {
-                    follow,
+                    follow: opts.follow,
                     stdout: true,
                     stderr: true,
+                    tail,
                     ..Default::default()
                 }),
             )
@@ -866,7 +871,7 @@ impl Engine {
                         return Some((Ok(line), Some((chunks, splitter, ctx))));
                     }
                     match chunks.next().await {
-                        Some(Ok(chunk)) => splitter.push(chunk),
+                        Some(Ok(chunk)) => crate::lines::push(&mut splitter, chunk),
                         Some(Err(e)) => return Some((Err(ctx.error(e)), None)),
                         None => {
                             splitter.finish();
@@ -1040,9 +1045,9 @@ macro_rules! forward_to_engine {
             async fn logs(
                 &self,
                 id: &openshell_drivers::SandboxId,
-                follow: bool,
+                opts: openshell_drivers::LogOptions,
             ) -> Result<openshell_drivers::LogStream, openshell_drivers::DriverError> {
-                self.engine.logs(id, follow).await
+                self.engine.logs(id, opts).await
             }
         }
     };

@@ -15,8 +15,8 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, WatchEvent
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Resource, ResourceExt};
 use openshell_drivers::{
-    ComputeDriver, DriverError, DriverHealth, DriverInfo, EventStream, LogLine, LogStream,
-    OutputStream, SandboxId, SandboxName, SandboxSpec, WorkloadEvent, WorkloadState,
+    ComputeDriver, DriverError, DriverHealth, DriverInfo, EventStream, LineSplitter, LogOptions,
+    LogStream, OutputStream, SandboxId, SandboxName, SandboxSpec, WorkloadEvent, WorkloadState,
     WorkloadStatus,
 };
 use serde::de::DeserializeOwned;
@@ -842,7 +842,7 @@ impl ComputeDriver for KubernetesDriver {
         Ok(events.boxed())
     }
 
-    async fn logs(&self, id: &SandboxId, follow: bool) -> Result<LogStream, DriverError> {
+    async fn logs(&self, id: &SandboxId, opts: LogOptions) -> Result<LogStream, DriverError> {
         let (pod, _) = self.find(id, Fresh::Apiserver).await?;
         let Some(pod) = pod else {
             return Err(self.errors.backend(
@@ -855,7 +855,10 @@ impl ComputeDriver for KubernetesDriver {
         let name = pod.name_any();
         let lp = LogParams {
             container: Some(CONTAINER.into()),
-            follow,
+            follow: opts.follow,
+            // The kubelet counts whole lines, not our pieces: a tail may be longer than
+            // asked for, but it is streamed, never held.
+            tail_lines: opts.tail.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
             ..LogParams::default()
         };
         let op = format!("read the logs of pod {name}");
@@ -875,14 +878,37 @@ impl ComputeDriver for KubernetesDriver {
             Err(f) => return Err(self.errors.map(&op, f)),
         };
         let errors = self.errors.clone();
-        // The kubelet merges stdout and stderr into one log.
-        let lines = reader.lines().map(move |r| {
-            r.map(|line| LogLine {
-                stream: OutputStream::Stdout,
-                line,
-            })
-            .map_err(|e| errors.map(&op, Fail::Kube(kube::Error::ReadEvents(e))))
-        });
+        // The kubelet merges stdout and stderr into one log. Read in chunks through the
+        // shared splitter, not `lines()`: a line without a newline must not grow unbounded.
+        let lines = futures::stream::unfold(
+            Some((Box::pin(reader), LineSplitter::default())),
+            move |state| {
+                let (errors, op) = (errors.clone(), op.clone());
+                async move {
+                    let (mut reader, mut splitter) = state?;
+                    loop {
+                        if let Some(line) = splitter.pop() {
+                            return Some((Ok(line), Some((reader, splitter))));
+                        }
+                        let chunk = match reader.fill_buf().await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                let err = errors.map(&op, Fail::Kube(kube::Error::ReadEvents(e)));
+                                return Some((Err(err), None));
+                            }
+                        };
+                        if chunk.is_empty() {
+                            splitter.finish();
+                            let line = splitter.pop()?;
+                            return Some((Ok(line), Some((reader, splitter))));
+                        }
+                        let n = chunk.len();
+                        splitter.push(OutputStream::Stdout, chunk);
+                        reader.consume_unpin(n);
+                    }
+                }
+            },
+        );
         Ok(lines.boxed())
     }
 }

@@ -131,6 +131,72 @@ pub fn read_from(path: &Path, offset: u64) -> Vec<u8> {
     out
 }
 
+/// At most `max` bytes of a file from `offset` on (nothing if it cannot be read).
+pub fn read_at(path: &Path, offset: u64, max: usize) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut out = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path)
+        && f.seek(SeekFrom::Start(offset)).is_ok()
+    {
+        let _ = f.take(max as u64).read_to_end(&mut out);
+    }
+    out
+}
+
+/// How much of the console the log reader reads at once.
+pub const LOG_CHUNK: usize = 64 << 10;
+
+/// Where to start reading a file for its last `n` lines (pieces of long lines count one
+/// each, as [`openshell_drivers::LineSplitter`] cuts them), and how many lines from there
+/// come before those. Reads only the end of the file: the last `n` pieces lie within the
+/// last `n * (MAX_LINE + 1)` bytes. The start moves back to the beginning of its line when
+/// that is at most as far again, so pieces are cut where a full read cuts them; within a
+/// longer line they are cut from where reading starts (same bytes, other boundaries).
+pub fn tail_start(path: &Path, n: usize) -> (u64, usize) {
+    use openshell_drivers::{LineSplitter, MAX_LINE, OutputStream};
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let window = (n as u64).saturating_mul(MAX_LINE as u64 + 1);
+    let mut start = len.saturating_sub(window);
+    // Back to the line's beginning: the byte after the last newline before `start`.
+    let floor = start.saturating_sub(window);
+    let mut end = start;
+    while start > 0 && end > floor {
+        let from = end.saturating_sub(LOG_CHUNK as u64).max(floor);
+        let data = read_at(path, from, (end - from) as usize);
+        if data.is_empty() {
+            break;
+        }
+        if let Some(i) = data.iter().rposition(|b| *b == b'\n') {
+            start = from + i as u64 + 1;
+            break;
+        }
+        end = from;
+        if from == 0 {
+            start = 0;
+        }
+    }
+    let mut splitter = LineSplitter::default();
+    let mut count: usize = 0;
+    let mut pos = start;
+    while pos < len {
+        let max = LOG_CHUNK.min((len - pos) as usize);
+        let data = read_at(path, pos, max);
+        if data.is_empty() {
+            break;
+        }
+        pos += data.len() as u64;
+        splitter.push(OutputStream::Stdout, &data);
+        while splitter.pop().is_some() {
+            count += 1;
+        }
+    }
+    splitter.finish();
+    while splitter.pop().is_some() {
+        count += 1;
+    }
+    (start, count.saturating_sub(n))
+}
+
 /// How much of a boot's console output is read for its state: the start marker comes
 /// early (after a few kernel lines), the exit marker and the tail for messages at the end.
 const HEAD: u64 = 64 << 10;
@@ -176,6 +242,7 @@ mod tests {
         assert_eq!(read_segment(&path, 9), "new boot\n");
         assert_eq!(read_segment(&path, 99), "");
         assert_eq!(read_from(&path, 13), b"boot\n");
+        assert_eq!(read_at(&path, 13, 2), b"bo");
         let mut long = "start\n".to_string();
         long.push_str(&"x".repeat(200 << 10));
         long.push_str("\nend\n");
@@ -184,5 +251,42 @@ mod tests {
         assert!(seg.starts_with("start\n") && seg.ends_with("\nend\n"));
         assert_eq!(seg.len() as u64, HEAD + TAIL + 1);
         assert!(read_segment(&dir.path().join("none"), 0).is_empty());
+    }
+
+    #[test]
+    fn tail_reads_only_the_end() {
+        use openshell_drivers::MAX_LINE;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        // 100 short lines, then one long line of 3.5 pieces without a newline.
+        let mut data = Vec::new();
+        for i in 0..100 {
+            data.extend_from_slice(format!("line {i}\n").as_bytes());
+        }
+        data.extend(std::iter::repeat_n(b'z', MAX_LINE * 7 / 2));
+        std::fs::write(&path, &data).unwrap();
+        // The last 2: the long line's last two pieces, cut as a full read cuts them (the
+        // start moved back to the line's beginning, within reach).
+        let long_start = data.len() as u64 - (MAX_LINE as u64 * 7 / 2);
+        assert_eq!(tail_start(&path, 2), (long_start, 2));
+        // The last 6: two short lines, then the long line's four pieces.
+        let (start, skip) = tail_start(&path, 6);
+        assert!(start < long_start);
+        let (mut sp, mut lines) = (openshell_drivers::LineSplitter::default(), Vec::new());
+        sp.push(
+            openshell_drivers::OutputStream::Stdout,
+            &data[start as usize..],
+        );
+        sp.finish();
+        while let Some(l) = sp.pop() {
+            lines.push(l.line);
+        }
+        let lines = &lines[skip..];
+        assert_eq!(lines.len(), 6);
+        assert_eq!(lines[0], "line 98");
+        assert_eq!(lines[1], "line 99");
+        assert_eq!(lines[5].len(), MAX_LINE / 2);
+        // More than there are: from the start, nothing skipped.
+        assert_eq!(tail_start(&path, 1000), (0, 0));
     }
 }

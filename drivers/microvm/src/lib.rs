@@ -67,9 +67,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use openshell_drivers::{
-    ComputeDriver, DriverError, DriverHealth, DriverInfo, EventStream, GatewayId, LogLine,
-    LogStream, OutputStream, SandboxId, SandboxName, SandboxSpec, WorkloadEvent, WorkloadState,
-    WorkloadStatus,
+    ComputeDriver, DriverError, DriverHealth, DriverInfo, EventStream, GatewayId, LineSplitter,
+    LogOptions, LogStream, OutputStream, SandboxId, SandboxName, SandboxSpec, WorkloadEvent,
+    WorkloadState, WorkloadStatus,
 };
 
 pub use guest::Accel;
@@ -885,46 +885,51 @@ impl ComputeDriver for VmDriver {
 
     /// The serial console: kernel messages, the init's lines and the main process's output
     /// (stdout and stderr share the console, so every line is reported as stdout).
-    async fn logs(&self, id: &SandboxId, follow: bool) -> Result<LogStream, DriverError> {
+    async fn logs(&self, id: &SandboxId, opts: LogOptions) -> Result<LogStream, DriverError> {
         self.inner.meta(id)?;
         let inner = self.inner.clone();
         let path = self.inner.dir(id).join("console.log");
         let id = id.clone();
+        let follow = opts.follow;
+        // A tail reads only the end of the console, however long it grew.
+        let (start, skip) = match opts.tail {
+            Some(n) => {
+                let p = path.clone();
+                tokio::task::spawn_blocking(move || host::tail_start(&p, n))
+                    .await
+                    .unwrap_or((0, 0))
+            }
+            None => (0, 0),
+        };
         let stream = futures::stream::unfold(
-            (0usize, Vec::<u8>::new(), Vec::<String>::new(), false),
-            move |(mut pos, mut partial, mut lines, mut done)| {
+            (start, LineSplitter::default(), skip, false),
+            move |(mut pos, mut splitter, mut skip, mut done)| {
                 let (inner, path, id) = (inner.clone(), path.clone(), id.clone());
                 async move {
                     loop {
-                        if !lines.is_empty() {
-                            let line = lines.remove(0);
-                            let item = Ok(LogLine {
-                                stream: OutputStream::Stdout,
-                                line,
-                            });
-                            return Some((item, (pos, partial, lines, done)));
+                        while let Some(line) = splitter.pop() {
+                            if skip > 0 {
+                                skip -= 1;
+                                continue;
+                            }
+                            return Some((Ok(line), (pos, splitter, skip, done)));
                         }
                         if done {
                             return None;
                         }
                         // Read the liveness first: a VM that ended has written everything.
                         let alive = follow && inner.pid(&id).is_some();
-                        let data = host::read_from(&path, pos as u64);
-                        pos += data.len();
-                        partial.extend_from_slice(&data);
-                        while let Some(i) = partial.iter().position(|b| *b == b'\n') {
-                            let raw: Vec<u8> = partial.drain(..=i).collect();
-                            let text = String::from_utf8_lossy(&raw);
-                            lines.push(text.trim_end_matches(['\n', '\r']).to_string());
+                        // Bounded reads: what the VM printed is never held whole.
+                        let data = host::read_at(&path, pos, host::LOG_CHUNK);
+                        pos += data.len() as u64;
+                        splitter.push(OutputStream::Stdout, &data);
+                        if data.len() == host::LOG_CHUNK {
+                            continue;
                         }
                         if !alive {
-                            if !partial.is_empty() {
-                                let text = String::from_utf8_lossy(&partial).into_owned();
-                                lines.push(text.trim_end_matches('\r').to_string());
-                                partial.clear();
-                            }
+                            splitter.finish();
                             done = true;
-                        } else if lines.is_empty() {
+                        } else if splitter.ready() == 0 {
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                     }

@@ -285,6 +285,14 @@ pub fn authenticate(
                 Some(p),
             ));
         }
+        // A resumed session skipped the handshake's verification, and the trusted CAs may
+        // have changed since (`pki init --force`, the end of a rotation's overlap).
+        if let Err(e) = ctx.conn.verify_trust() {
+            return Err(Refusal::new(
+                Status::unauthenticated(format!("{e} (CN={})", p.subject)),
+                Some(p),
+            ));
+        }
         if p.subject.trim().is_empty() {
             return Err(Refusal::new(
                 Status::unauthenticated(

@@ -119,6 +119,7 @@ pub async fn run(
     );
     let sessions: Arc<dyn sessions::SessionRegistry> = Arc::new(sessions::LocalSessions::default());
     let callback = Arc::new(std::sync::OnceLock::<String>::new());
+    let unreachable = Arc::new(std::sync::OnceLock::<String>::new());
     let sandboxes = Arc::new(services::sandboxes::Sandboxes {
         store: store.clone(),
         driver: compute.active.as_ref().map(|(_, d)| d.clone()),
@@ -133,6 +134,7 @@ pub async fn run(
             }),
         default_image: config.sandbox_image.clone(),
         callback: callback.clone(),
+        unreachable: unreachable.clone(),
         ready_timeout: config.ready_timeout,
         started_ms: now_ms(),
     });
@@ -212,20 +214,30 @@ pub async fn run(
         .active
         .as_ref()
         .is_some_and(|(n, _)| *n == "kubernetes");
-    if on_kubernetes && config.sandbox_callback.is_none() {
+    // Known now, so a create fails at once with the fix instead of waiting out
+    // --ready-timeout for a supervisor that cannot connect.
+    let unreachable_why = if on_kubernetes && config.sandbox_callback.is_none() {
         // No host alias exists in a cluster: only the operator knows the Service or
         // address that Pods reach the gateway by.
-        tracing::warn!(
-            "sandbox pods cannot know how to reach this gateway: pass --sandbox-callback https://ADDRESS:PORT (e.g. the gateway's Service)"
-        );
+        Some(
+            "sandbox pods cannot know how to reach this gateway: restart it with --sandbox-callback https://ADDRESS:PORT (e.g. the gateway's Service)"
+                .to_string(),
+        )
     } else if compute.active.is_some()
         && !vm
         && addr.ip().is_loopback()
         && config.sandbox_callback.is_none()
     {
-        tracing::warn!(
-            "containers cannot reach this gateway at {addr}, a loopback address: for sandboxes to connect back, listen on 0.0.0.0 or the container bridge address"
-        );
+        Some(format!(
+            "sandboxes cannot connect back to this gateway: it listens on {addr}, a loopback address containers cannot reach; restart it with --listen 0.0.0.0:{port} (or the container bridge address), or pass --sandbox-callback https://ADDRESS:PORT with an address containers reach it by",
+            port = addr.port()
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = unreachable_why {
+        tracing::warn!("{why}");
+        let _ = unreachable.set(why);
     }
     let _ = facts_slot.set(services::openshell::GatewayFacts {
         listen_addresses: listening.clone(),

@@ -11,7 +11,10 @@
 //!
 //! If the supervisor cannot reach the target (nothing listens on the port) it answers
 //! `RelayOpenResult{ok: false}` instead of connecting, and the user gets that reason. A relay
-//! not claimed within [`RELAY_TIMEOUT`] is dropped.
+//! not claimed within [`RelayLimits::timeout`] is dropped; that bound covers handing the
+//! request to the supervisor too (one that stops reading its control stream must not hang
+//! users' tunnels). How many relays may wait at once is bounded in all, per sandbox and per
+//! user, so no one user can take every slot.
 //!
 //! This module is the bookkeeping only: which relay ids are waiting, for which sandbox, and
 //! the limits. It does no I/O; `tunnels.rs` and the supervisor service drive it.
@@ -23,18 +26,42 @@ use std::time::{Duration, Instant};
 use openshell_transport::BoxIo;
 use tokio::sync::oneshot;
 
-/// How long a user's tunnel waits for the supervisor to connect back.
-pub const RELAY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Relays waiting at once, in all (protects the gateway from a flood of tunnel requests).
-pub const MAX_PENDING: usize = 256;
-/// Relays waiting at once for one sandbox.
-pub const MAX_PENDING_PER_SANDBOX: usize = 32;
+/// Bounds on relays waiting for their supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// How long a user's tunnel waits, in all, for its request to reach the supervisor and
+    /// the supervisor to connect back. Default 10 s: a live supervisor answers in a round
+    /// trip; longer only keeps users staring at a hung `ssh`.
+    pub timeout: Duration,
+    /// Relays waiting at once, in all. Default 256: protects the gateway from a flood of
+    /// tunnel requests (each holds a user's request open for up to `timeout`).
+    pub max_pending: usize,
+    /// Relays waiting at once for one sandbox. Default 32 (a supervisor's control queue
+    /// holds 64 messages; more waiting relays would only wait on a busy supervisor).
+    pub per_sandbox: usize,
+    /// Relays waiting at once for one user. Default 64, a quarter of `max_pending`: a user
+    /// opening tunnels in a loop takes at most that share, so at least four users always
+    /// find room; raising it lets fewer users lock the others out.
+    pub per_user: usize,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            timeout: Duration::from_secs(10),
+            max_pending: 256,
+            per_sandbox: 32,
+            per_user: 64,
+        }
+    }
+}
 
 /// What the waiting user tunnel receives: the supervisor's side, or why there is none.
 pub type RelayOutcome = Result<BoxIo, String>;
 
 struct Pending {
     sandbox_id: String,
+    user: String,
     since: Instant,
     deliver: oneshot::Sender<RelayOutcome>,
 }
@@ -44,6 +71,10 @@ struct Pending {
 pub enum RelayError {
     #[error("too many tunnels are being opened to sandbox '{0}' at once: retry in a moment")]
     Busy(String),
+    #[error(
+        "'{0}' is opening too many tunnels at once: wait for those to connect or time out, then retry"
+    )]
+    UserBusy(String),
     #[error("relay '{0}' is unknown or has expired")]
     Unknown(String),
     #[error("relay '{relay}' belongs to another sandbox than '{caller}'")]
@@ -54,24 +85,42 @@ pub enum RelayError {
 #[derive(Default)]
 pub struct Relays {
     pending: Mutex<HashMap<String, Pending>>,
+    limits: RelayLimits,
 }
 
 impl Relays {
+    pub fn new(limits: RelayLimits) -> Self {
+        Relays {
+            pending: Mutex::default(),
+            limits,
+        }
+    }
+
+    pub fn limits(&self) -> &RelayLimits {
+        &self.limits
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a new relay to `sandbox_id`; the receiver resolves when the supervisor
-    /// connects back (or reports failure). Expired entries are dropped first.
+    /// Registers a new relay to `sandbox_id` for `user`; the receiver resolves when the
+    /// supervisor connects back (or reports failure). Expired entries are dropped first.
     pub fn request(
         &self,
         sandbox_id: &str,
+        user: &str,
         now: Instant,
     ) -> Result<(String, oneshot::Receiver<RelayOutcome>), RelayError> {
+        let limits = self.limits;
         let mut map = self.lock();
-        map.retain(|_, p| now.duration_since(p.since) < RELAY_TIMEOUT && !p.deliver.is_closed());
+        map.retain(|_, p| now.duration_since(p.since) < limits.timeout && !p.deliver.is_closed());
+        // The user's share first: a user at its share is told so, whoever else waits.
+        if map.values().filter(|p| p.user == user).count() >= limits.per_user {
+            return Err(RelayError::UserBusy(user.to_string()));
+        }
         let for_sandbox = map.values().filter(|p| p.sandbox_id == sandbox_id).count();
-        if map.len() >= MAX_PENDING || for_sandbox >= MAX_PENDING_PER_SANDBOX {
+        if map.len() >= limits.max_pending || for_sandbox >= limits.per_sandbox {
             return Err(RelayError::Busy(sandbox_id.to_string()));
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -80,6 +129,7 @@ impl Relays {
             id.clone(),
             Pending {
                 sandbox_id: sandbox_id.to_string(),
+                user: user.to_string(),
                 since: now,
                 deliver: tx,
             },
@@ -131,7 +181,7 @@ mod tests {
     fn a_relay_is_claimed_once_and_only_by_its_own_sandbox() {
         let relays = Relays::default();
         let now = Instant::now();
-        let (id, _rx) = relays.request("a", now).unwrap();
+        let (id, _rx) = relays.request("a", "alice", now).unwrap();
         assert_eq!(
             relays.claim(&id, "b").err(),
             Some(RelayError::WrongSandbox {
@@ -151,24 +201,25 @@ mod tests {
     fn limits_count_only_live_relays() {
         let relays = Relays::default();
         let now = Instant::now();
+        let limits = RelayLimits::default();
         let mut keep = Vec::new();
-        for _ in 0..MAX_PENDING_PER_SANDBOX {
-            keep.push(relays.request("a", now).unwrap());
+        for _ in 0..limits.per_sandbox {
+            keep.push(relays.request("a", "alice", now).unwrap());
         }
         assert_eq!(
-            relays.request("a", now).err(),
+            relays.request("a", "alice", now).err(),
             Some(RelayError::Busy("a".into()))
         );
         // Another sandbox has its own allowance.
-        assert!(relays.request("b", now).is_ok());
+        assert!(relays.request("b", "alice", now).is_ok());
         // Once they expire, room again.
-        let later = now + RELAY_TIMEOUT;
-        assert!(relays.request("a", later).is_ok());
+        let later = now + limits.timeout;
+        assert!(relays.request("a", "alice", later).is_ok());
         // A waiter that went away frees its slot at once.
-        let (_, rx) = relays.request("c", later).unwrap();
+        let (_, rx) = relays.request("c", "alice", later).unwrap();
         drop(rx);
-        for _ in 0..MAX_PENDING_PER_SANDBOX {
-            relays.request("c", later).unwrap();
+        for _ in 0..limits.per_sandbox {
+            relays.request("c", "alice", later).unwrap();
         }
         drop(keep);
     }
@@ -176,7 +227,7 @@ mod tests {
     #[test]
     fn failure_reaches_the_waiter() {
         let relays = Relays::default();
-        let (id, mut rx) = relays.request("a", Instant::now()).unwrap();
+        let (id, mut rx) = relays.request("a", "alice", Instant::now()).unwrap();
         relays.fail(&id, "b", "nope".into()); // not its sandbox: ignored
         assert!(rx.try_recv().is_err());
         relays.fail(&id, "a", "connection refused".into());
@@ -184,5 +235,32 @@ mod tests {
             Ok(Err(why)) => assert_eq!(why, "connection refused"),
             _ => panic!("the waiter did not get the failure"),
         }
+    }
+
+    #[test]
+    fn one_user_cannot_take_every_slot() {
+        let relays = Relays::default();
+        let limits = *relays.limits();
+        let now = Instant::now();
+        let mut keep = Vec::new();
+        // Mallory fills her share across many sandboxes (none reaches its own limit)...
+        for i in 0..limits.per_user {
+            let sandbox = format!("m{}", i / 8);
+            keep.push(relays.request(&sandbox, "mallory", now).unwrap());
+        }
+        assert_eq!(
+            relays.request("m-new", "mallory", now).err(),
+            Some(RelayError::UserBusy("mallory".into()))
+        );
+        // ...and everyone else still gets in, up to the global limit.
+        for i in 0..limits.max_pending - limits.per_user {
+            let user = format!("user{}", i % 4);
+            keep.push(relays.request(&format!("s{i}"), &user, now).unwrap());
+        }
+        assert_eq!(
+            relays.request("s-last", "bob", now).err(),
+            Some(RelayError::Busy("s-last".into()))
+        );
+        assert_eq!(relays.pending(), limits.max_pending);
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Every `reload_interval` the watcher compares the files' modification times and sizes;
 //! on a change it rebuilds the certificate, trusted CAs and CRL for new handshakes, and
-//! closes live connections whose certificate is now revoked or expired. Established
+//! closes live connections whose certificate is now revoked, expired, or no longer chains to
+//! a trusted CA (the CA was replaced, or a rotation's overlap ended). Established
 //! connections of everyone else are untouched (rotation without downtime).
 
 use std::collections::HashSet;
@@ -102,17 +103,26 @@ fn fingerprint(paths: &TlsPaths) -> Vec<Option<(SystemTime, u64)>> {
         .collect()
 }
 
-/// Closes connections whose certificate is revoked or expired; returns how many.
+/// Closes connections whose certificate is revoked, expired, or no longer chains to a CA
+/// trusted now; returns how many. Each connection's chain is re-verified once per reload
+/// (`ConnMeta::verify_trust` keeps the result per trust generation), so the ticks between
+/// reloads cost a comparison per connection.
 pub fn enforce(registry: &ConnectionRegistry, revocations: &Revocations) -> usize {
+    use openshell_transport::close;
     let now = SystemTime::now();
-    let revoked = registry.close_where(openshell_transport::close::CERTIFICATE_REVOKED, |m| {
-        m.principal()
-            .is_some_and(|p| revocations.is_revoked(&p.serial))
+    let revoked = |p: &openshell_transport::Principal| revocations.is_revoked(&p.serial);
+    let expired = |p: &openshell_transport::Principal| p.expired_at(now);
+    let n_revoked = registry.close_where(close::CERTIFICATE_REVOKED, |m| {
+        m.principal().is_some_and(revoked)
     });
-    let expired = registry.close_where(openshell_transport::close::CERTIFICATE_EXPIRED, |m| {
-        m.principal().is_some_and(|p| p.expired_at(now))
+    let n_expired = registry.close_where(close::CERTIFICATE_EXPIRED, |m| {
+        m.principal().is_some_and(|p| !revoked(p) && expired(p))
     });
-    revoked + expired
+    // Those closed above keep the reason they were given.
+    let n_untrusted = registry.close_where(close::CERTIFICATE_UNTRUSTED, |m| {
+        m.principal().is_some_and(|p| !revoked(p) && !expired(p)) && m.verify_trust().is_err()
+    });
+    n_revoked + n_expired + n_untrusted
 }
 
 /// Runs forever: reload on change, enforce revocation and expiry on live connections.
@@ -155,7 +165,7 @@ pub async fn watch(
         if closed > 0 {
             tracing::info!(
                 closed,
-                "closed connections with revoked or expired certificates"
+                "closed connections with revoked, expired or untrusted certificates"
             );
         }
     }

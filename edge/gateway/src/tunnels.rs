@@ -15,7 +15,7 @@ use openshell_transport::{BoxIo, RequestContext, TunnelRefusal, TunnelService, T
 use crate::audit::{AuditLog, Outcome};
 use crate::auth::{Caller, Revocations};
 use crate::authz::{Action, Denial};
-use crate::relays::{RELAY_TIMEOUT, Relays};
+use crate::relays::Relays;
 use crate::services::sandboxes::Sandboxes;
 
 /// Buffer of the in-process echo target.
@@ -129,8 +129,10 @@ async fn to_sandbox(
         };
         TunnelRefusal::new(status, reason)
     })?;
+    let timeout = relays.limits().timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let (relay, waiter) = relays
-        .request(&reach.id, std::time::Instant::now())
+        .request(&reach.id, caller.subject(), std::time::Instant::now())
         .map_err(|e| TunnelRefusal::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))?;
     let ask = GatewayMessage {
         msg: Some(gateway_message::Msg::RelayOpen(RelayOpen {
@@ -139,15 +141,32 @@ async fn to_sandbox(
             port,
         })),
     };
-    if reach.session.tx.send(ask).await.is_err() {
-        relays.cancel(&relay);
-        return Err(TunnelRefusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the supervisor of sandbox '{name}' just disconnected: retry in a moment"),
-        ));
+    let timed_out = || {
+        TunnelRefusal::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the supervisor of sandbox '{name}' did not connect back within {} s: check `openshell sandbox logs {name}`",
+                timeout.as_secs()
+            ),
+        )
+    };
+    match ask_supervisor(&reach.session.tx, ask, deadline).await {
+        Ok(()) => {}
+        Err(AskError::Gone) => {
+            relays.cancel(&relay);
+            return Err(TunnelRefusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the supervisor of sandbox '{name}' just disconnected: retry in a moment"),
+            ));
+        }
+        Err(AskError::TimedOut) => {
+            relays.cancel(&relay);
+            tracing::warn!(sandbox = %name, %relay, "the supervisor is not reading its control stream");
+            return Err(timed_out());
+        }
     }
     tracing::debug!(sandbox = %name, %relay, "relay requested");
-    match tokio::time::timeout(RELAY_TIMEOUT, waiter).await {
+    match tokio::time::timeout_at(deadline, waiter).await {
         Ok(Ok(Ok(io))) => Ok(io),
         Ok(Ok(Err(why))) => Err(TunnelRefusal::new(
             StatusCode::BAD_GATEWAY,
@@ -155,14 +174,32 @@ async fn to_sandbox(
         )),
         Ok(Err(_)) | Err(_) => {
             relays.cancel(&relay);
-            Err(TunnelRefusal::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "the supervisor of sandbox '{name}' did not connect back within {} s: check `openshell sandbox logs {name}`",
-                    RELAY_TIMEOUT.as_secs()
-                ),
-            ))
+            Err(timed_out())
         }
+    }
+}
+
+/// Why a relay request did not reach the supervisor.
+#[derive(Debug, PartialEq, Eq)]
+enum AskError {
+    /// Its session ended.
+    Gone,
+    /// Its control queue stayed full until the deadline: it stopped reading.
+    TimedOut,
+}
+
+/// Queues `msg` on a supervisor's control stream, waiting no later than `deadline` for
+/// room: a supervisor that stops reading fills the queue, and a plain `send` would then
+/// hang the user's tunnel (and its task) for as long as the session lives.
+async fn ask_supervisor(
+    tx: &tokio::sync::mpsc::Sender<openshell_proto::GatewayMessage>,
+    msg: openshell_proto::GatewayMessage,
+    deadline: tokio::time::Instant,
+) -> Result<(), AskError> {
+    match tokio::time::timeout_at(deadline, tx.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(AskError::Gone),
+        Err(_) => Err(AskError::TimedOut),
     }
 }
 
@@ -326,4 +363,37 @@ fn sink() -> BoxIo {
         let _ = wr.shutdown().await;
     });
     Box::new(client)
+}
+
+#[cfg(test)]
+mod relay_tests {
+    use super::*;
+
+    fn ask() -> openshell_proto::GatewayMessage {
+        openshell_proto::GatewayMessage::default()
+    }
+
+    #[tokio::test]
+    async fn a_supervisor_that_stops_reading_cannot_hang_a_tunnel() {
+        // A control queue that is full and never read: the supervisor hung.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(ask()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let deadline = started + std::time::Duration::from_millis(300);
+        assert_eq!(
+            ask_supervisor(&tx, ask(), deadline).await,
+            Err(AskError::TimedOut)
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited < std::time::Duration::from_secs(2),
+            "waited {waited:?}"
+        );
+        // A session that ended is told apart from a hung one.
+        drop(rx);
+        assert_eq!(
+            ask_supervisor(&tx, ask(), deadline).await,
+            Err(AskError::Gone)
+        );
+    }
 }

@@ -13,6 +13,25 @@ pub const CERTIFICATE_REVOKED: &str = "client certificate revoked";
 /// Reason sent when a connection's certificate expired while it was open.
 pub const CERTIFICATE_EXPIRED: &str = "client certificate expired";
 
+/// Reason sent when a connection's certificate no longer chains to a trusted CA (trust
+/// changed while it was open, or its session was resumed after the change).
+pub const CERTIFICATE_UNTRUSTED: &str = "client certificate no longer trusted";
+
+/// Words for why a peer's certificate failed a re-verification against current trust.
+pub fn describe_peer_error(err: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match err {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+            "it was not issued by a CA this gateway trusts now (the CA was replaced or its rotation overlap ended): issue a new one with `openshell pki issue`".into()
+        }
+        rustls::Error::InvalidCertificate(C::Revoked) => "it has been revoked".into(),
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "it has expired: issue a new one with `openshell pki issue`".into()
+        }
+        other => format!("{other}: issue a new one with `openshell pki issue`"),
+    }
+}
+
 /// HTTP/3's "no error" application code, used for orderly closes.
 pub fn h3_no_error() -> quinn::VarInt {
     quinn::VarInt::from_u32(0x100)

@@ -2,7 +2,9 @@
 //!
 //! The certificate chain was verified by rustls during the handshake (or restored from a
 //! resumed session without re-verification, which is why `not_after` and `serial` are kept:
-//! the gateway re-checks them against its current CRL on every request).
+//! the gateway re-checks them against its current CRL on every request, and the connection
+//! keeps the whole chain to verify it again against the CAs trusted now:
+//! `ConnMeta::verify_trust`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -72,12 +74,6 @@ impl Principal {
             not_after: UNIX_EPOCH + Duration::from_secs(secs),
             auth: AuthKind::Mtls,
         })
-    }
-
-    /// Reads the principal from a QUIC connection's peer identity (a rustls chain).
-    pub fn from_peer_identity(identity: Option<Box<dyn std::any::Any>>) -> Option<Principal> {
-        let chain = identity?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-        chain.first().and_then(Principal::from_certificate)
     }
 
     /// Whether this principal is a sandbox supervisor, and for which sandbox.

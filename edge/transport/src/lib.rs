@@ -102,6 +102,9 @@ pub enum TransportError {
     /// We refused the gateway's certificate.
     #[error("{0}")]
     ServerCertificate(String),
+    /// The peer's certificate no longer verifies against the trust in force now.
+    #[error("client certificate no longer trusted: {0}")]
+    PeerUntrusted(String),
     #[error("{0}")]
     Closed(String),
     #[error("tunnel refused ({status}): {reason}")]

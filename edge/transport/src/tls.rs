@@ -3,8 +3,10 @@
 //! The server's certificate and its client-certificate verifier (trusted CAs + CRLs) sit
 //! behind `ServerTls`, which can be reloaded while the gateway runs: configurations built
 //! once keep pointing at it, so new handshakes see new material and established
-//! connections are untouched.
+//! connections are untouched by the reload itself; the gateway asks `verify_peer` whether
+//! their certificates still chain to what is trusted now and closes those that do not.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -116,6 +118,8 @@ impl ServerMaterial {
 pub struct ServerTls {
     cert: RwLock<Arc<CertifiedKey>>,
     verifier: RwLock<Arc<dyn ClientCertVerifier>>,
+    /// Bumped after each reload, so connections know their last trust check is stale.
+    generation: AtomicU64,
 }
 
 impl ServerTls {
@@ -123,6 +127,7 @@ impl ServerTls {
         Ok(Arc::new(ServerTls {
             cert: RwLock::new(material.key.clone()),
             verifier: RwLock::new(material.verifier()?),
+            generation: AtomicU64::new(1),
         }))
     }
 
@@ -131,7 +136,27 @@ impl ServerTls {
         let verifier = material.verifier()?;
         *self.cert.write().unwrap_or_else(|p| p.into_inner()) = material.key.clone();
         *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+        // After the swap: a check that read the old generation re-runs on its next call.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Which trust material is in force; changes on every reload (never 0).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Verifies a peer's chain (end entity first) exactly as a full handshake would now:
+    /// same verifier, current trust anchors and CRLs, current time. Needed because a
+    /// resumed session restores the client certificate without verifying it again, and an
+    /// open connection was verified against the trust of its handshake.
+    pub fn verify_peer(&self, chain: &[CertificateDer<'static>]) -> Result<(), rustls::Error> {
+        let Some((end_entity, intermediates)) = chain.split_first() else {
+            return Err(rustls::Error::NoCertificatesPresented);
+        };
+        self.current_verifier()
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .map(|_| ())
     }
 
     fn current_verifier(&self) -> Arc<dyn ClientCertVerifier> {

@@ -171,6 +171,11 @@ pub struct Sandboxes {
     /// The endpoint supervisors dial (`https://host.docker.internal:PORT`), filled once the
     /// listener is bound.
     pub callback: Arc<std::sync::OnceLock<String>>,
+    /// Why no sandbox can dial `callback`, when the gateway knows it at start (it listens
+    /// on loopback and the runtime's containers cannot reach the host's loopback). Creates
+    /// and starts then fail at once, naming the fix, instead of waiting out
+    /// `ready_timeout` for a supervisor that can never connect.
+    pub unreachable: Arc<std::sync::OnceLock<String>>,
     /// A sandbox Provisioning for longer than this (since its create or start, or since
     /// this gateway started) is shown as Error with the driver's last output
     /// (`--ready-timeout`).
@@ -351,24 +356,57 @@ impl Sandboxes {
         }
     }
 
-    /// The workload's last lines of output, as a diagnostic appended to a reason.
+    /// The workload's last lines of output, as a diagnostic appended to a reason. Only the
+    /// tail is read from the runtime, and each line is shortened: whatever the workload
+    /// printed, a status stays small.
     async fn output_tail(&self, id: &SandboxId) -> String {
         use futures::StreamExt;
+        /// Lines shown, and bytes kept of each.
+        const LINES: usize = 5;
+        const LINE_BYTES: usize = 512;
         let Ok(driver) = self.driver() else {
             return String::new();
         };
-        let Ok(stream) = driver.logs(id, false).await else {
+        let opts = openshell_drivers::LogOptions {
+            follow: false,
+            tail: Some(LINES),
+        };
+        let Ok(stream) = driver.logs(id, opts).await else {
             return String::new();
         };
-        let lines: Vec<String> = stream
-            .filter_map(|l| async move { l.ok().map(|l| l.line) })
-            .collect()
-            .await;
-        let tail = &lines[lines.len().saturating_sub(5)..];
+        // A ring as well: a runtime may count lines differently (the kubelet counts whole
+        // lines, we count pieces) and hand out more than asked.
+        let mut stream = std::pin::pin!(stream);
+        let mut tail = std::collections::VecDeque::with_capacity(LINES + 1);
+        while let Some(item) = stream.next().await {
+            let Ok(l) = item else { break };
+            let mut l = l.line;
+            if l.len() > LINE_BYTES {
+                let mut end = LINE_BYTES;
+                while !l.is_char_boundary(end) {
+                    end -= 1;
+                }
+                l.truncate(end);
+                l.push('…');
+            }
+            tail.push_back(l);
+            if tail.len() > LINES {
+                tail.pop_front();
+            }
+        }
         if tail.is_empty() {
             return String::new();
         }
+        let tail: Vec<String> = tail.into();
         format!("; its last output: {}", tail.join(" | "))
+    }
+
+    /// Refuses when no supervisor could ever connect back (see [`Sandboxes::unreachable`]).
+    fn check_reachable(&self) -> Result<(), GatewayError> {
+        match self.unreachable.get() {
+            Some(why) => Err(GatewayError::Precondition(why.clone())),
+            None => Ok(()),
+        }
     }
 
     pub async fn create(
@@ -383,6 +421,7 @@ impl Sandboxes {
                 "sandboxes need the gateway's CA to mint their credentials: run the gateway with TLS from an `openshell pki init` directory".into(),
             )
         })?;
+        self.check_reachable()?;
         let callback = self.callback.get().cloned().ok_or_else(|| {
             GatewayError::Internal("the callback endpoint is not known yet".into())
         })?;
@@ -591,6 +630,7 @@ impl Sandboxes {
 
     pub async fn start(&self, caller: &Caller, name: &str) -> Result<Sandbox, GatewayError> {
         let obj = self.load_for(caller, Action::StartSandbox, name).await?;
+        self.check_reachable()?;
         let id = SandboxId::new(decode(&obj)?.id)?;
         self.forget_session(&id);
         let w = self.driver()?.start(&id).await?;
@@ -682,7 +722,15 @@ impl Sandboxes {
             let mut known: HashMap<String, (i32, String, bool)> = HashMap::new();
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
             loop {
-                tick.tick().await;
+                // A client that went away must not leave this loop polling the runtime
+                // forever: a send would notice only when something changes.
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = tx.closed() => {
+                        tracing::debug!("watch ended: its client went away");
+                        return;
+                    }
+                }
                 let current = match this.list_selected(&selector, 0, 0).await {
                     Ok(list) => list,
                     Err(e) => {
@@ -754,7 +802,13 @@ impl Sandboxes {
         use futures::StreamExt;
         let obj = self.load_for(caller, Action::ReadSandbox, name).await?;
         let id = SandboxId::new(decode(&obj)?.id)?;
-        let stream = self.driver()?.logs(&id, follow).await?;
+        // The runtime reads the tail (not the whole log), and lines stream through as they
+        // are read: nothing here grows with what the workload printed.
+        let opts = openshell_drivers::LogOptions {
+            follow,
+            tail: (tail > 0).then_some(tail as usize),
+        };
+        let stream = self.driver()?.logs(&id, opts).await?;
         let lines = stream.map(|r| {
             r.map(|l| openshell_proto::LogLine {
                 timestamp_ms: crate::now_ms(),
@@ -766,13 +820,7 @@ impl Sandboxes {
             })
             .map_err(GatewayError::from)
         });
-        if tail == 0 || follow {
-            return Ok(lines.boxed());
-        }
-        // Without follow the stream ends: keep only the last `tail` lines.
-        let all: Vec<_> = lines.collect().await;
-        let skip = all.len().saturating_sub(tail as usize);
-        Ok(futures::stream::iter(all.into_iter().skip(skip)).boxed())
+        Ok(lines.boxed())
     }
 
     pub async fn delete(&self, caller: &Caller, name: &str) -> Result<(), GatewayError> {
@@ -790,6 +838,103 @@ impl Sandboxes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fake driver, counting how often the runtime is listed.
+    struct CountingDriver(
+        openshell_drivers::FakeDriver,
+        std::sync::atomic::AtomicUsize,
+    );
+
+    #[async_trait::async_trait]
+    impl ComputeDriver for CountingDriver {
+        async fn info(&self) -> openshell_drivers::DriverInfo {
+            self.0.info().await
+        }
+        async fn create(
+            &self,
+            id: &SandboxId,
+            name: &SandboxName,
+            spec: &SandboxSpec,
+        ) -> Result<openshell_drivers::WorkloadStatus, openshell_drivers::DriverError> {
+            self.0.create(id, name, spec).await
+        }
+        async fn start(
+            &self,
+            id: &SandboxId,
+        ) -> Result<openshell_drivers::WorkloadStatus, openshell_drivers::DriverError> {
+            self.0.start(id).await
+        }
+        async fn stop(
+            &self,
+            id: &SandboxId,
+        ) -> Result<openshell_drivers::WorkloadStatus, openshell_drivers::DriverError> {
+            self.0.stop(id).await
+        }
+        async fn delete(&self, id: &SandboxId) -> Result<(), openshell_drivers::DriverError> {
+            self.0.delete(id).await
+        }
+        async fn get(
+            &self,
+            id: &SandboxId,
+        ) -> Result<openshell_drivers::WorkloadStatus, openshell_drivers::DriverError> {
+            self.0.get(id).await
+        }
+        async fn list(
+            &self,
+        ) -> Result<Vec<openshell_drivers::WorkloadStatus>, openshell_drivers::DriverError>
+        {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.list().await
+        }
+        async fn watch(
+            &self,
+        ) -> Result<openshell_drivers::EventStream, openshell_drivers::DriverError> {
+            self.0.watch().await
+        }
+        async fn logs(
+            &self,
+            id: &SandboxId,
+            opts: openshell_drivers::LogOptions,
+        ) -> Result<openshell_drivers::LogStream, openshell_drivers::DriverError> {
+            self.0.logs(id, opts).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_stops_polling_when_its_client_goes_away() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let driver = Arc::new(CountingDriver(
+            openshell_drivers::FakeDriver::new(
+                openshell_drivers::GatewayId::new("gw-test").unwrap(),
+                &[],
+            ),
+            Default::default(),
+        ));
+        let sandboxes = Arc::new(Sandboxes {
+            store: Arc::new(openshell_store::MemoryStore::default()),
+            driver: Some(driver.clone()),
+            sessions: Arc::new(crate::sessions::LocalSessions::default()),
+            minter: None,
+            default_image: "img".into(),
+            callback: Default::default(),
+            unreachable: Default::default(),
+            ready_timeout: std::time::Duration::from_secs(60),
+            started_ms: 0,
+        });
+        let caller = crate::auth::test_caller("alice", &[crate::authz::Role::User]);
+        let stream = sandboxes
+            .watch(&caller, String::new(), HashMap::new(), false)
+            .unwrap();
+        let polls = || driver.1.load(SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        assert!(polls() >= 2, "the watch did not poll: {}", polls());
+        drop(stream);
+        // The task notices within one tick; after that the count must stand still.
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        let after = polls();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert_eq!(polls(), after, "a watch without a client kept polling");
+    }
 
     #[test]
     fn ready_only_with_a_live_session() {

@@ -173,8 +173,11 @@ impl Supervisor for SupervisorService {
                                     .unwrap_or_default(),
                             })),
                         };
-                        if tx.send(beat).await.is_err() {
-                            break;
+                        // Never wait for room: a supervisor that stops reading would stall
+                        // this loop, and with it the relay results it still sends.
+                        match tx.try_send(beat) {
+                            Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {}
+                            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => break,
                         }
                     }
                     Some(supervisor_message::Msg::MainExit(exit)) => {

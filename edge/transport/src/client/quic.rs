@@ -129,7 +129,8 @@ pub(super) fn classify(err: &quinn::ConnectionError) -> TransportError {
         }
         quinn::ConnectionError::ApplicationClosed(c)
             if c.reason.as_ref() == crate::close::CERTIFICATE_REVOKED.as_bytes()
-                || c.reason.as_ref() == crate::close::CERTIFICATE_EXPIRED.as_bytes() =>
+                || c.reason.as_ref() == crate::close::CERTIFICATE_EXPIRED.as_bytes()
+                || c.reason.as_ref() == crate::close::CERTIFICATE_UNTRUSTED.as_bytes() =>
         {
             TransportError::Rejected(text)
         }

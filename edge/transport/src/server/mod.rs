@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use http::{HeaderMap, StatusCode};
+use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 
 pub use registry::{ConnectionRegistry, ConnectionSummary};
@@ -71,8 +72,29 @@ pub struct ConnMeta {
     pub id: u64,
     pub peer: SocketAddr,
     pub transport: TransportKind,
-    principal: std::sync::OnceLock<Principal>,
+    client: std::sync::OnceLock<PeerCert>,
     quic: Option<quinn::Connection>,
+    /// The trust the peer's chain is checked against now (`None`: plaintext).
+    tls: Option<Arc<ServerTls>>,
+    /// The trust generation under which the chain last verified (0: not yet).
+    verified: AtomicU64,
+}
+
+/// The client certificate chain a connection presented (or its resumed session restored),
+/// and the principal read from it.
+#[derive(Debug)]
+pub(crate) struct PeerCert {
+    principal: Principal,
+    chain: Vec<CertificateDer<'static>>,
+}
+
+impl PeerCert {
+    pub(crate) fn from_chain(chain: &[CertificateDer<'static>]) -> Option<PeerCert> {
+        Some(PeerCert {
+            principal: Principal::from_certificate(chain.first()?)?,
+            chain: chain.to_vec(),
+        })
+    }
 }
 
 impl ConnMeta {
@@ -81,24 +103,56 @@ impl ConnMeta {
         peer: SocketAddr,
         transport: TransportKind,
         quic: Option<quinn::Connection>,
+        tls: Option<Arc<ServerTls>>,
     ) -> Self {
         ConnMeta {
             id,
             peer,
             transport,
-            principal: std::sync::OnceLock::new(),
+            client: std::sync::OnceLock::new(),
             quic,
+            tls,
+            verified: AtomicU64::new(0),
         }
+    }
+
+    fn client(&self) -> Option<&PeerCert> {
+        if let Some(c) = self.client.get() {
+            return Some(c);
+        }
+        let identity = self.quic.as_ref()?.peer_identity()?;
+        let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+        let c = PeerCert::from_chain(&chain)?;
+        Some(self.client.get_or_init(|| c))
     }
 
     /// The verified client certificate's principal, if the peer presented one. On QUIC it
     /// is read once the identity is known (restored from the session on resumption).
     pub fn principal(&self) -> Option<&Principal> {
-        if let Some(p) = self.principal.get() {
-            return Some(p);
+        self.client().map(|c| &c.principal)
+    }
+
+    /// Whether the peer's certificate still chains to a CA trusted now (and is not revoked
+    /// by the current CRLs): a resumed session restores it unverified, and trust may have
+    /// changed since the handshake (`pki init --force`, the end of a CA rotation's overlap,
+    /// a new `--tls-client-ca`). The result is kept per trust generation, so the chain is
+    /// verified once per connection and once after each reload, not on every request.
+    /// A connection without a client certificate (or without TLS) passes: whether one is
+    /// required is the caller's decision.
+    pub fn verify_trust(&self) -> Result<(), TransportError> {
+        let (Some(tls), Some(client)) = (&self.tls, self.client()) else {
+            return Ok(());
+        };
+        let generation = tls.generation();
+        if self.verified.load(Ordering::Acquire) == generation {
+            return Ok(());
         }
-        let p = Principal::from_peer_identity(self.quic.as_ref()?.peer_identity())?;
-        Some(self.principal.get_or_init(|| p))
+        // Failures are not cached: the connection is refused and closed anyway, and each
+        // refusal should say why.
+        tls.verify_peer(&client.chain)
+            .map_err(|e| TransportError::PeerUntrusted(crate::close::describe_peer_error(&e)))?;
+        self.verified.store(generation, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -126,7 +180,12 @@ pub async fn serve_h2_for_fuzzing<IO>(
         next_id: Arc::new(AtomicU64::new(1)),
         config: Arc::new(config),
     };
-    tcp::serve_h2(io, SocketAddr::from(([127, 0, 0, 1], 1)), principal, shared).await;
+    // No TLS here, so no chain to re-verify: the principal stands as given.
+    let client = principal.map(|principal| PeerCert {
+        principal,
+        chain: Vec::new(),
+    });
+    tcp::serve_h2(io, SocketAddr::from(([127, 0, 0, 1], 1)), client, shared).await;
 }
 
 /// Per-request context, inserted as a request extension.
@@ -166,6 +225,15 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Bound on a TCP TLS handshake. Default 10 s.
     pub tls_handshake_timeout: Duration,
+    /// TCP connections in their TLS handshake at once, in all. Default 512: a handshake
+    /// takes a round trip or two, so this is far above what real clients need at once,
+    /// and it bounds the tasks and buffers a flood of silent sockets can pin for up to
+    /// `tls_handshake_timeout` each. Connections beyond it are closed at accept.
+    pub max_tls_handshakes: usize,
+    /// TCP connections in their TLS handshake at once from one IP address. Default 32: one
+    /// host (or a NAT in front of many) rarely opens more at once, and one flooding host
+    /// then takes at most this share of `max_tls_handshakes`.
+    pub max_tls_handshakes_per_ip: usize,
     /// HTTP/2 keep-alive on the TCP path. Default 20 s interval, 10 s timeout.
     pub h2_keepalive: Duration,
 }
@@ -179,6 +247,8 @@ impl ServerConfig {
             tuning: QuicTuning::default(),
             shutdown_grace: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
+            max_tls_handshakes: 512,
+            max_tls_handshakes_per_ip: 32,
             h2_keepalive: Duration::from_secs(20),
         }
     }

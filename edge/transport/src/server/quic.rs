@@ -101,6 +101,7 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Shared) -> Result<(
         conn.remote_address(),
         TransportKind::Quic,
         Some(conn.clone()),
+        shared.config.tls.clone(),
     ));
     let _registration = shared.registry.register_quic(meta.clone(), conn.clone());
     TransportMetrics::inc(&shared.metrics.quic_connections);

@@ -13,8 +13,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use super::{ConnMeta, RequestContext, Shared, TransportMetrics, wait_true};
-use crate::identity::Principal;
+use super::{ConnMeta, PeerCert, RequestContext, Shared, TransportMetrics, wait_true};
 use crate::tls::ALPN_H2;
 use crate::{TransportError, TransportKind};
 
@@ -36,7 +35,68 @@ pub(super) async fn bind(addr: SocketAddr) -> Result<TcpListener, TransportError
         .map_err(|e| TransportError::bind(addr, e))
 }
 
+/// Connections in their TLS handshake, in all and per IP (see
+/// `ServerConfig::max_tls_handshakes`).
+struct Handshakes {
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    total: std::sync::atomic::AtomicUsize,
+    max: usize,
+    max_per_ip: usize,
+}
+
+/// One handshake's place; released when dropped (handshake done, failed or timed out).
+struct HandshakeSlot {
+    handshakes: Arc<Handshakes>,
+    ip: std::net::IpAddr,
+}
+
+impl Handshakes {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        self.per_ip.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<HandshakeSlot> {
+        use std::sync::atomic::Ordering;
+        let mut map = self.lock();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip || self.total.load(Ordering::Relaxed) >= self.max {
+            if *n == 0 {
+                map.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Some(HandshakeSlot {
+            handshakes: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let mut map = self.handshakes.lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+        self.handshakes.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub(super) async fn accept_loop(listener: TcpListener, shared: Shared) {
+    let handshakes = Arc::new(Handshakes {
+        per_ip: Default::default(),
+        total: Default::default(),
+        max: shared.config.max_tls_handshakes,
+        max_per_ip: shared.config.max_tls_handshakes_per_ip,
+    });
     let acceptor = shared.config.tls.as_ref().map(|tls| {
         let sessions = rustls::server::ServerSessionMemoryCache::new(1024);
         tls.server_config(ALPN_H2, false, sessions)
@@ -60,6 +120,18 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Shared) {
             }
         };
         let _ = stream.set_nodelay(true);
+        // Only TLS has a handshake to bound (plaintext is loopback only).
+        let slot = match acceptor {
+            Some(_) => match handshakes.enter(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    TransportMetrics::inc(&shared.metrics.handshake_failures);
+                    tracing::debug!(%peer, "too many TLS handshakes at once: connection closed");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let shared = shared.clone();
         let acceptor = acceptor.clone();
         let span = tracing::info_span!("conn", transport = "tcp", %peer);
@@ -72,15 +144,15 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Shared) {
                             acceptor.accept(stream).into_fallible(),
                         )
                         .await;
+                        drop(slot);
                         match hs {
                             Ok(Ok(tls)) => {
-                                let principal = tls
+                                let client = tls
                                     .get_ref()
                                     .1
                                     .peer_certificates()
-                                    .and_then(|c| c.first())
-                                    .and_then(Principal::from_certificate);
-                                serve_h2(tls, peer, principal, shared).await
+                                    .and_then(PeerCert::from_chain);
+                                serve_h2(tls, peer, client, shared).await
                             }
                             Ok(Err((e, tcp))) => {
                                 TransportMetrics::inc(&shared.metrics.handshake_failures);
@@ -119,17 +191,19 @@ async fn linger_after_alert(mut tcp: tokio::net::TcpStream) {
     .await;
 }
 
-pub(super) async fn serve_h2<IO>(
-    io: IO,
-    peer: SocketAddr,
-    principal: Option<Principal>,
-    shared: Shared,
-) where
+pub(super) async fn serve_h2<IO>(io: IO, peer: SocketAddr, client: Option<PeerCert>, shared: Shared)
+where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let meta = ConnMeta::new(shared.next_conn_id(), peer, TransportKind::Tcp, None);
-    if let Some(p) = principal {
-        let _ = meta.principal.set(p);
+    let meta = ConnMeta::new(
+        shared.next_conn_id(),
+        peer,
+        TransportKind::Tcp,
+        None,
+        shared.config.tls.clone(),
+    );
+    if let Some(c) = client {
+        let _ = meta.client.set(c);
     }
     let meta = Arc::new(meta);
     let (_registration, mut close_rx) = shared.registry.register_tcp(meta.clone());
