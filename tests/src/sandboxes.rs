@@ -158,18 +158,25 @@ pub struct SandboxEnv {
     pub runtime: Runtime,
     pub podman: Option<PodmanService>,
     state: tempfile::TempDir,
+    /// More gateway arguments, on every (re)start.
+    extra: Vec<String>,
 }
 
 impl SandboxEnv {
     pub fn docker() -> SandboxEnv {
-        SandboxEnv::new(Runtime::Docker)
+        SandboxEnv::new(Runtime::Docker, &[])
+    }
+
+    /// On Docker, with more gateway arguments (kept across restarts).
+    pub fn docker_with(gateway_args: &[&str]) -> SandboxEnv {
+        SandboxEnv::new(Runtime::Docker, gateway_args)
     }
 
     pub fn podman() -> SandboxEnv {
-        SandboxEnv::new(Runtime::Podman)
+        SandboxEnv::new(Runtime::Podman, &[])
     }
 
-    fn new(runtime: Runtime) -> SandboxEnv {
+    fn new(runtime: Runtime, gateway_args: &[&str]) -> SandboxEnv {
         build_image(runtime);
         let podman = (runtime == Runtime::Podman).then(PodmanService::start);
         let u = CliUser::new();
@@ -181,6 +188,7 @@ impl SandboxEnv {
             runtime,
             podman,
             state: tempfile::tempdir().unwrap(),
+            extra: gateway_args.iter().map(|a| a.to_string()).collect(),
         };
         let gw = s.spawn("0.0.0.0:0");
         let port = gw.addr.port();
@@ -216,6 +224,9 @@ impl SandboxEnv {
             b = b
                 .arg("--podman-socket")
                 .arg(&p.socket().display().to_string());
+        }
+        for a in &self.extra {
+            b = b.arg(a);
         }
         b.spawn()
     }

@@ -1538,20 +1538,8 @@ impl Harness for KubeHarness {
         let mut env = Vec::new();
         for var in container["env"].as_array().into_iter().flatten() {
             let name = var["name"].as_str().unwrap();
-            let value = match var["value"].as_str() {
-                Some(v) => v.to_string(),
-                None => match var["valueFrom"]["secretKeyRef"].as_object() {
-                    Some(r) => kube::secret_value(
-                        self.cluster,
-                        &self.ns,
-                        r["name"].as_str().unwrap(),
-                        r["key"].as_str().unwrap(),
-                    )
-                    .unwrap_or_default(),
-                    // An empty value is left out of the stored object.
-                    None => String::new(),
-                },
-            };
+            // An empty value is left out of the stored object.
+            let value = var["value"].as_str().unwrap_or_default().to_string();
             env.push(format!("{name}={value}"));
         }
         let limits = &container["resources"]["limits"];

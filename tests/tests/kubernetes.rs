@@ -8,6 +8,7 @@
 //! The shared conformance suite runs against this driver too (tests/tests/drivers.rs).
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -40,6 +41,10 @@ async fn driver(cluster: &KubeCluster, ns: &str, token: &str) -> KubernetesDrive
 }
 
 fn spec() -> SandboxSpec {
+    let mut credentials = openshell_drivers::Credentials::default();
+    credentials.insert("tls.key", "very secret key").unwrap();
+    credentials.insert("tls.crt", "cert").unwrap();
+    credentials.insert("ca.pem", "ca").unwrap();
     SandboxSpec {
         command: vec!["/bin/sleep".into(), "600".into()],
         env: [
@@ -47,12 +52,10 @@ fn spec() -> SandboxSpec {
                 "OPENSHELL_ENDPOINT".into(),
                 "https://gw.example:17670".into(),
             ),
-            ("OPENSHELL_TLS_KEY_PEM".into(), "very secret key".into()),
-            ("OPENSHELL_TLS_CERT_PEM".into(), "cert".into()),
-            ("OPENSHELL_TLS_CA_PEM".into(), "ca".into()),
             ("GREETING".into(), "hello".into()),
         ]
         .into(),
+        credentials,
         ..SandboxSpec::new("openshell/sandbox:dev")
     }
 }
@@ -112,7 +115,14 @@ async fn a_sandbox_is_a_labelled_pod_with_its_credential_in_a_secret() {
     let st = d.create(&id, &name, &s).await.unwrap();
     // No kubelet has looked at it yet.
     assert_eq!(st.state, WorkloadState::Creating);
-    assert_eq!(st.spec, s, "the spec reads back whole, credential included");
+    assert_eq!(
+        st.spec,
+        SandboxSpec {
+            credentials: Default::default(),
+            ..s.clone()
+        },
+        "the spec reads back whole, without the credential"
+    );
     let object = format!("openshell-{name}");
     assert_eq!(st.runtime_id, format!("{ns}/{object}"));
     assert_eq!(c.names(&ns, "pods"), std::slice::from_ref(&object));
@@ -158,12 +168,43 @@ async fn a_sandbox_is_a_labelled_pod_with_its_credential_in_a_secret() {
         env["OPENSHELL_ENDPOINT"]["value"], "https://gw.example:17670",
         "the callback endpoint is in the pod's environment"
     );
-    let key_ref = &env["OPENSHELL_TLS_KEY_PEM"]["valueFrom"]["secretKeyRef"];
-    assert_eq!(key_ref["name"], object.as_str(), "{key_ref}");
-    assert_eq!(key_ref["key"], "OPENSHELL_TLS_KEY_PEM");
+    assert!(
+        !env.keys().any(|k| k.starts_with("OPENSHELL_TLS")),
+        "credential variables in the pod: {env:?}"
+    );
+    // The credential: a root-only Secret volume at the supervisor's credential directory.
+    let volume = &spec_json["volumes"][0];
+    assert_eq!(volume["secret"]["secretName"], object.as_str(), "{volume}");
+    assert_eq!(volume["secret"]["defaultMode"], 0o400, "{volume}");
+    let mount = &container["volumeMounts"][0];
+    assert_eq!(mount["name"], volume["name"], "{mount}");
+    assert_eq!(mount["mountPath"], "/run/openshell/credentials");
+    assert_eq!(mount["readOnly"], true);
     assert_eq!(
-        secret_value(c, &ns, &object, "OPENSHELL_TLS_KEY_PEM").as_deref(),
+        secret_value(c, &ns, &object, "tls.key").as_deref(),
         Some("very secret key")
+    );
+    // Few capabilities, no privilege escalation.
+    let security = &container["securityContext"];
+    assert_eq!(security["allowPrivilegeEscalation"], false, "{security}");
+    assert_eq!(security["capabilities"]["drop"][0], "ALL", "{security}");
+    // No ingress to the sandbox: its own NetworkPolicy, selecting it by id.
+    let policy = c.api(
+        "GET",
+        &format!("/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{object}"),
+        None,
+    );
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["openshell.sandbox-id"],
+        id.as_str(),
+        "{policy}"
+    );
+    assert_eq!(policy["spec"]["policyTypes"][0], "Ingress", "{policy}");
+    assert!(
+        policy["spec"]["ingress"]
+            .as_array()
+            .is_none_or(|rules| rules.is_empty()),
+        "{policy}"
     );
     let secret = c.api(
         "GET",
@@ -644,14 +685,26 @@ fn run_pod(cluster: &KubeCluster, ns: &str, pod: &serde_json::Value, supervisor:
         let name = var["name"].as_str().unwrap();
         if let Some(v) = var["value"].as_str() {
             cmd.env(name, v);
-        } else if let Some(r) = var["valueFrom"]["secretKeyRef"].as_object() {
-            let secret = r["name"].as_str().unwrap();
-            let key = r["key"].as_str().unwrap();
-            let v = secret_value(cluster, ns, secret, key)
-                .unwrap_or_else(|| panic!("secret {secret} has no key {key}"));
-            cmd.env(name, v);
         }
     }
+    // The kubelet's part: the Secret volume's files, root-only, in a directory the
+    // supervisor is pointed at (the Pod mounts it at /run/openshell/credentials). The
+    // workload runs as `nobody`, a user of this host (the default `sandbox` is not).
+    let secret = pod["spec"]["volumes"][0]["secret"]["secretName"]
+        .as_str()
+        .expect("the pod mounts no credential secret");
+    let dir = std::env::temp_dir().join(format!("openshell-kube-cred-{}", random_hex(6)));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for key in ["ca.pem", "tls.crt", "tls.key", "ssh_host_key"] {
+        if let Some(v) = secret_value(cluster, ns, secret, key) {
+            std::fs::write(dir.join(key), v).unwrap();
+            std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o400))
+                .unwrap();
+        }
+    }
+    cmd.env("OPENSHELL_CREDENTIAL_DIR", &dir)
+        .env("OPENSHELL_RUN_AS", "nobody");
     // The Pod runs /usr/local/bin/openshell-sandbox [-- COMMAND]; run this build's.
     let command: Vec<&str> = container["command"]
         .as_array()

@@ -79,7 +79,7 @@ fn create_ready(s: &SandboxEnv, name: &str, command: &[&str]) {
 fn forwards(s: &SandboxEnv) {
     let port = openshell_tests::free_port();
     let serve = format!(
-        "mkdir -p /srv && head -c {} /dev/urandom > /srv/big && sha256sum /srv/big > /srv/big.sha && exec busybox httpd -f -p {port} -h /srv",
+        "d=$HOME/srv && mkdir -p $d && head -c {} /dev/urandom > $d/big && sha256sum $d/big > $d/big.sha && exec busybox httpd -f -p {port} -h $d",
         100 * MIB
     );
     create_ready(s, "web", &["sh", "-c", &serve]);
@@ -442,7 +442,7 @@ fn transfers(s: &SandboxEnv) {
 
 /// Stop/start keeps files; a stopped sandbox refuses tunnels with the fix.
 fn stop_start_and_refusals(s: &mut SandboxEnv) {
-    exec(s, "box", "echo kept > /root/kept.txt").ok();
+    exec(s, "box", "echo kept > \"$HOME/kept.txt\"").ok();
     s.u.run(&["sandbox", "stop", "box"]).ok();
     assert_eventually!(
         Duration::from_secs(30),
@@ -470,7 +470,10 @@ fn stop_start_and_refusals(s: &mut SandboxEnv) {
         "not Ready after start: {}",
         s.phase("box")
     );
-    assert_eq!(exec(s, "box", "cat /root/kept.txt").ok().stdout, "kept\n");
+    assert_eq!(
+        exec(s, "box", "cat \"$HOME/kept.txt\"").ok().stdout,
+        "kept\n"
+    );
 
     // After a gateway restart the supervisor comes back and tunnels work again.
     s.restart_gateway();
@@ -483,9 +486,67 @@ fn stop_start_and_refusals(s: &mut SandboxEnv) {
     assert_eq!(exec(s, "box", "echo back").ok().stdout, "back\n");
 }
 
+/// The sandbox's credential is out of the workload's reach (issue 14, item 3): exec and SSH
+/// sessions run as the unprivileged `sandbox` user with no capabilities and no new
+/// privileges; the credential files, the supervisor's environment and memory are closed to
+/// it; nothing secret is in the runtime's view of the container. The supervisor itself read
+/// the files: the sandbox is Ready.
+fn credential_is_out_of_reach(s: &SandboxEnv) {
+    let who = exec(
+        s,
+        "box",
+        "id -u; id -g; echo $HOME; grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status",
+    )
+    .ok();
+    assert_eq!(
+        who.stdout,
+        "1000\n1000\n/sandbox\nCapEff:\t0000000000000000\nCapBnd:\t00000000000000e1\nNoNewPrivs:\t1\n",
+        "{}",
+        who.stderr
+    );
+    for (what, script) in [
+        ("the key", "cat /run/openshell/credentials/tls.key"),
+        ("the credential directory", "ls /run/openshell/credentials"),
+        ("the supervisor's environment", "cat /proc/1/environ"),
+        ("the supervisor's memory", "head -c 16 /proc/1/mem"),
+    ] {
+        let r = exec(s, "box", script);
+        assert_ne!(r.code, 0, "the workload read {what}: {}", r.stdout);
+        assert!(
+            r.stderr.contains("Permission denied") || r.stderr.contains("Operation not permitted"),
+            "{what}: {}",
+            r.stderr
+        );
+    }
+    // No way back to root through a setuid binary: no-new-privileges.
+    let container = s
+        .containers()
+        .into_iter()
+        .find(|c| c.ends_with("-box"))
+        .unwrap();
+    let inspect = s
+        .runtime_cli()
+        .args(["inspect", &container])
+        .output()
+        .unwrap();
+    let inspect = String::from_utf8_lossy(&inspect.stdout);
+    for secret in [
+        "PRIVATE KEY",
+        "OPENSHELL_TLS",
+        "OPENSSH PRIVATE",
+        "BEGIN CERTIFICATE",
+    ] {
+        assert!(
+            !inspect.contains(secret),
+            "{secret} in {container}'s spec: {inspect}"
+        );
+    }
+}
+
 fn scenario(mut s: SandboxEnv) {
     forwards(&s);
     create_ready(&s, "box", &[]);
+    credential_is_out_of_reach(&s);
     execs(&s);
     plain_ssh(&s);
     interactive(&s);

@@ -5,7 +5,8 @@
 //! the real `openshell` CLI. Under TCG (this machine's /dev/kvm is PVM) a boot takes a few
 //! seconds, so the boots are few.
 //! `openshell sandbox exec` reaches into the VM like into a container: through the gateway's
-//! relay to the supervisor's SSH server, over the guest's one QUIC connection.
+//! relay to the supervisor's SSH server, over the guest's one connection (TCP: QEMU forwards
+//! the guest's connections to the gateway, and nothing else).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -260,11 +261,55 @@ fn vm_sandbox_lifecycle() {
         "--",
         "sh",
         "-c",
-        "uname -r; echo kept > /root/exec-file; exit 3",
+        "uname -r; echo kept > \"$HOME/exec-file\"; exit 3",
     ]);
     eprintln!("vm exec round trip: {:?}", t.elapsed());
     assert_eq!(r.code, 3, "{}\n{}\n{}", r.stdout, r.stderr, s.gw().logs());
     assert!(r.stdout.contains("cloud-amd64"), "{}", r.stdout);
+
+    // The guest reaches the gateway and nothing else of the host (issue 14, item 1): not a
+    // service on the host's loopback, not even the gateway's own port at slirp's host
+    // address; only the one forward QEMU makes to the gateway.
+    assert!(
+        cmd.contains("restrict=on") && cmd.contains("guestfwd="),
+        "{cmd}"
+    );
+    let host_service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    host_service.set_nonblocking(true).unwrap();
+    let port = host_service.local_addr().unwrap().port();
+    let gw_port = s.gw().addr.port();
+    let probe = s.u.run(&[
+        "sandbox",
+        "exec",
+        "demo",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "for p in {port} {gw_port}; do echo | nc -w 3 10.0.2.2 $p >/dev/null 2>&1 && echo reached $p; done; echo probed"
+        ),
+    ]);
+    assert_eq!(probe.stdout, "probed\n", "{}", probe.stderr);
+    assert!(
+        host_service.accept().is_err(),
+        "the guest connected to a host loopback service"
+    );
+    // Its credential: root-only in the guest, where the workload runs as `sandbox`; 0600 in
+    // a 0700 directory on the host.
+    let r = s.u.run(&[
+        "sandbox",
+        "exec",
+        "demo",
+        "--",
+        "sh",
+        "-c",
+        "id -u; cat /run/openshell/credentials/tls.key",
+    ]);
+    assert_ne!(r.code, 0, "the workload read the key: {}", r.stdout);
+    assert_eq!(r.stdout, "1000\n");
+    assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
+    assert_eq!(mode(&dir.join("credentials")), 0o700);
+    assert_eq!(mode(&dir.join("credentials").join("tls.key")), 0o600);
 
     // Stop ends the VM (the main process gets SIGTERM) and keeps its disk; start boots it
     // again.
@@ -300,8 +345,15 @@ fn vm_sandbox_lifecycle() {
         s.gw().logs()
     );
     eprintln!("vm start-to-Ready (second boot): {:?}", t.elapsed());
-    let r =
-        s.u.run(&["sandbox", "exec", "demo", "--", "cat", "/root/exec-file"]);
+    let r = s.u.run(&[
+        "sandbox",
+        "exec",
+        "demo",
+        "--",
+        "sh",
+        "-c",
+        "cat \"$HOME/exec-file\"",
+    ]);
     assert_eq!(r.code, 0, "{}\n{}", r.stderr, s.gw().logs());
     assert_eq!(r.stdout, "kept\n");
 

@@ -156,3 +156,79 @@ fn supervisor_reconnects_after_a_gateway_restart_and_reports_its_main_exit() {
         s.logs()
     );
 }
+
+/// Issue 14, item 4: a sandbox renews its credential over its session before it expires. With
+/// a 40 s validity (plus the minute every certificate is backdated) the first renewal comes
+/// about 7 s after the create; once the minted credential has expired, a restarted gateway
+/// only lets in a supervisor that holds a renewed one, and the sandbox is Ready again.
+#[test]
+fn a_sandbox_renews_its_credential_before_it_expires() {
+    let mut s = openshell_tests::SandboxEnv::docker_with(&["--sandbox-credential-validity", "40s"]);
+    let created = std::time::Instant::now();
+    s.u.run(&["sandbox", "create", "--name", "fresh"]).ok();
+    openshell_tests::assert_eventually!(
+        std::time::Duration::from_secs(30),
+        s.logs().contains("sandbox credential renewed"),
+        "no renewal within 30 s:\n{}",
+        s.logs()
+    );
+    // The renewed files replaced the minted ones in the sandbox (for its next start).
+    let supervisor_log = s
+        .runtime_cli()
+        .args(["logs", "openshell-fresh"])
+        .output()
+        .unwrap();
+    let supervisor_log = String::from_utf8_lossy(&supervisor_log.stderr).to_string()
+        + &String::from_utf8_lossy(&supervisor_log.stdout);
+    assert!(
+        supervisor_log.contains("sandbox credential renewed")
+            && !supervisor_log.contains("kept in memory only"),
+        "{supervisor_log}"
+    );
+    let wait = std::time::Duration::from_secs(45).saturating_sub(created.elapsed());
+    std::thread::sleep(wait);
+    s.restart_gateway();
+    openshell_tests::assert_eventually!(
+        std::time::Duration::from_secs(30),
+        s.phase("fresh") == "Ready",
+        "not Ready with a renewed credential after the minted one expired: {}\n{}",
+        s.phase("fresh"),
+        s.logs()
+    );
+    let r =
+        s.u.run(&["sandbox", "exec", "fresh", "--", "echo", "still here"]);
+    assert_eq!(r.stdout, "still here\n", "{}\n{}", r.stderr, s.logs());
+}
+
+/// Issue 14, item 4: a `pki rotate-ca` does not strand sandboxes. The gateway announces the
+/// new issuing CA in its heartbeats; the supervisor renews from it during the overlap, so when
+/// the old CA stops being trusted (its connections are closed then) the sandbox reconnects
+/// and stays Ready.
+#[test]
+fn a_ca_rotation_does_not_strand_a_sandbox() {
+    let s = openshell_tests::SandboxEnv::docker();
+    s.u.run(&["sandbox", "create", "--name", "rotated"]).ok();
+    s.u.run(&["pki", "rotate-ca", "--overlap", "25s"]).ok();
+    let rotated = std::time::Instant::now();
+    openshell_tests::assert_eventually!(
+        std::time::Duration::from_secs(25),
+        s.logs().contains("sandbox credential renewed"),
+        "the supervisor did not renew from the new CA during the overlap:\n{}",
+        s.logs()
+    );
+    // The user needs a certificate of the new CA too, once the overlap is over (issued
+    // into the gateway's credential directory).
+    s.u.run(&["pki", "issue", "alice", "--gateway", "local", "--force"])
+        .ok();
+    std::thread::sleep(std::time::Duration::from_secs(30).saturating_sub(rotated.elapsed()));
+    openshell_tests::assert_eventually!(
+        std::time::Duration::from_secs(30),
+        s.phase("rotated") == "Ready",
+        "not Ready after the old CA's overlap ended: {}\n{}",
+        s.phase("rotated"),
+        s.logs()
+    );
+    let r =
+        s.u.run(&["sandbox", "exec", "rotated", "--", "echo", "fine"]);
+    assert_eq!(r.stdout, "fine\n", "{}\n{}", r.stderr, s.logs());
+}
