@@ -191,7 +191,13 @@ async fn one_session(
         let now = std::time::SystemTime::now();
         if now >= renew_after && session.credential.due(now, &issuing_ca) {
             match session.renew(&conn).await {
-                Ok(renewed) => return renewed,
+                Ok(renewed) => {
+                    // Relay requests already on their way down this session are still
+                    // served (on this connection, which stays up while they last); new ones
+                    // come down the next session, which the gateway prefers from its hello.
+                    tokio::spawn(drain(down, conn.clone(), tx.clone(), cfg.ssh.clone()));
+                    return renewed;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?RENEW_RETRY, "cannot renew the sandbox credential");
                     renew_after = now + RENEW_RETRY;
@@ -240,4 +246,24 @@ async fn one_session(
             }
         }
     }
+}
+
+/// How long a superseded session keeps serving the relay requests sent down it.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Serves the relay requests that still arrive on a superseded session, for [`DRAIN`].
+async fn drain(
+    mut down: tonic::Streaming<GatewayMessage>,
+    conn: std::sync::Arc<Connection>,
+    tx: mpsc::Sender<SupervisorMessage>,
+    ssh: crate::SshServer,
+) {
+    let _ = tokio::time::timeout(DRAIN, async {
+        while let Some(Ok(m)) = down.next().await {
+            if let Some(gateway_message::Msg::RelayOpen(r)) = m.msg {
+                tokio::spawn(crate::relay::serve(conn.clone(), r, tx.clone(), ssh.clone()));
+            }
+        }
+    })
+    .await;
 }
