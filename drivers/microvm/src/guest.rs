@@ -90,6 +90,10 @@ pub fn env_script(
     Ok(out)
 }
 
+/// Host names that only containers resolve (to their host); the gateway's default callback
+/// uses one of them.
+const CONTAINER_HOST_ALIASES: [&str; 2] = ["host.docker.internal", "host.containers.internal"];
+
 /// The gateway's callback URL as the guest dials it, and where QEMU forwards that.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestEndpoint {
@@ -130,10 +134,17 @@ pub fn guest_endpoint(url: &str) -> Option<GuestEndpoint> {
         None if scheme == "http" => 80,
         None => 443,
     };
-    let forward = if v6 {
-        format!("[{host}]:{port}")
+    // The names containers reach their host by mean nothing on the host itself, where QEMU
+    // makes the forward: there the gateway is on the loopback.
+    let target = if CONTAINER_HOST_ALIASES.contains(&host) {
+        "127.0.0.1"
     } else {
-        format!("{host}:{port}")
+        host
+    };
+    let forward = if v6 {
+        format!("[{target}]:{port}")
+    } else {
+        format!("{target}:{port}")
     };
     Some(GuestEndpoint {
         url: format!("{scheme}://{GATEWAY_FROM_GUEST}:{port}{path}"),
@@ -460,7 +471,9 @@ exec /usr/bin/env -i "$@""#;
         let e = guest_endpoint("https://host.docker.internal:17670").unwrap();
         assert_eq!(e.url, "https://10.0.2.100:17670");
         assert_eq!(e.server_name, "host.docker.internal");
-        assert_eq!(e.forward, "host.docker.internal:17670");
+        assert_eq!(e.forward, "127.0.0.1:17670");
+        let e = guest_endpoint("https://gw.example:17670").unwrap();
+        assert_eq!(e.forward, "gw.example:17670");
         let e = guest_endpoint("https://[::1]:5/x").unwrap();
         assert_eq!(
             (e.url.as_str(), e.forward.as_str()),

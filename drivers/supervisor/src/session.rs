@@ -261,7 +261,12 @@ async fn drain(
     let _ = tokio::time::timeout(DRAIN, async {
         while let Some(Ok(m)) = down.next().await {
             if let Some(gateway_message::Msg::RelayOpen(r)) = m.msg {
-                tokio::spawn(crate::relay::serve(conn.clone(), r, tx.clone(), ssh.clone()));
+                tokio::spawn(crate::relay::serve(
+                    conn.clone(),
+                    r,
+                    tx.clone(),
+                    ssh.clone(),
+                ));
             }
         }
     })

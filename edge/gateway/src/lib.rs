@@ -207,8 +207,9 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| format!("https://{alias}:{}", addr.port())),
     );
-    // VMs reach the host's loopback through QEMU's user network (the VM driver rewrites the
-    // callback host to 10.0.2.2), so only containers need a non-loopback listener.
+    // VMs reach the gateway on the host's loopback through the one forward QEMU makes for
+    // them (see the VM driver's guest module), so only containers need a non-loopback
+    // listener.
     let vm = compute.active.as_ref().is_some_and(|(n, _)| *n == "vm");
     let on_kubernetes = compute
         .active
