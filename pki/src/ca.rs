@@ -646,19 +646,7 @@ impl Ca {
         sandbox_id: &str,
         validity: Duration,
     ) -> Result<(String, String, Serial), PkiError> {
-        names::check_sandbox_id(sandbox_id)?;
-        let change = self.change()?;
-        let now = OffsetDateTime::now_utc();
-        let cn = format!("{SANDBOX_CN_PREFIX}{sandbox_id}");
-        let issued = self.build_client(
-            &cn,
-            &[SANDBOX_OU.to_string()],
-            CertKind::Sandbox,
-            validity,
-            now,
-        )?;
-        self.index.certificates.push(issued.entry.clone());
-        self.commit(change, now)?;
+        let issued = self.issue_sandbox(sandbox_id, validity, None)?;
         Ok((issued.cert_pem, issued.key_pem, issued.serial))
     }
 
@@ -673,27 +661,37 @@ impl Ca {
         csr_pem: &str,
         validity: Duration,
     ) -> Result<(String, Serial), PkiError> {
-        names::check_sandbox_id(sandbox_id)?;
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
             PkiError::BadInput {
                 what: "the certificate request".into(),
                 why: format!("{e}; send a PKCS#10 request (PEM) signed by the new key"),
             }
         })?;
+        let issued = self.issue_sandbox(sandbox_id, validity, Some(&csr.public_key))?;
+        Ok((issued.cert_pem, issued.serial))
+    }
+
+    /// A sandbox credential for `public`, or for a new key (returned in `key_pem`).
+    fn issue_sandbox(
+        &mut self,
+        sandbox_id: &str,
+        validity: Duration,
+        public: Option<&rcgen::PublicKey>,
+    ) -> Result<IssuedCert, PkiError> {
+        names::check_sandbox_id(sandbox_id)?;
         let change = self.change()?;
         let now = OffsetDateTime::now_utc();
         let cn = format!("{SANDBOX_CN_PREFIX}{sandbox_id}");
-        let issued = self.build_client_for(
-            &cn,
-            &[SANDBOX_OU.to_string()],
-            CertKind::Sandbox,
-            validity,
-            now,
-            &csr.public_key,
-        )?;
+        let units = [SANDBOX_OU.to_string()];
+        let issued = match public {
+            Some(key) => {
+                self.build_client_for(&cn, &units, CertKind::Sandbox, validity, now, key)?
+            }
+            None => self.build_client(&cn, &units, CertKind::Sandbox, validity, now)?,
+        };
         self.index.certificates.push(issued.entry.clone());
         self.commit(change, now)?;
-        Ok((issued.cert_pem, issued.serial))
+        Ok(issued)
     }
 
     /// Re-issues the gateway certificate (`rotate-server`). `extra_sans` are added to the

@@ -39,6 +39,21 @@ pub const SSH_HOST_KEY_FILE: &str = "ssh_host_key";
 /// policy adds what the supervisor needs to build the workload's network namespace.
 pub const SUPERVISOR_CAPABILITIES: [&str; 4] = ["CHOWN", "SETUID", "SETGID", "KILL"];
 
+/// Lowercase hex SHA-256 of the DER of the first certificate in `pem`: how the gateway
+/// announces its issuing CA and how a supervisor names the CA of its own credential.
+pub fn ca_fingerprint(pem: &[u8]) -> Option<String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = CertificateDer::pem_slice_iter(pem).next()?.ok()?;
+    Some(
+        ring::digest::digest(&ring::digest::SHA256, der.as_ref())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
 /// Named secret files; `Debug` shows the names only.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials(BTreeMap<String, Vec<u8>>);

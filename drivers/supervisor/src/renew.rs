@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use openshell_drivers::credentials::{CA_FILE, CERT_FILE, KEY_FILE};
+use openshell_drivers::credentials::{CA_FILE, CERT_FILE, KEY_FILE, ca_fingerprint};
 use openshell_transport::tls::ClientMaterial;
 
 /// The credential the supervisor holds now.
@@ -54,27 +54,13 @@ pub enum RenewError {
 }
 
 fn first_der(pem: &[u8], what: &str) -> Result<Vec<u8>, RenewError> {
-    first_certificate(pem)
-        .ok_or_else(|| RenewError::Invalid(format!("{what} holds no certificate")))
-}
-
-/// The DER of the first `CERTIFICATE` block.
-fn first_certificate(pem: &[u8]) -> Option<Vec<u8>> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     CertificateDer::pem_slice_iter(pem)
         .next()
         .and_then(Result::ok)
         .map(|c| c.to_vec())
-}
-
-/// Lowercase hex of the SHA-256 of `bytes`.
-pub fn hex_sha256(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .ok_or_else(|| RenewError::Invalid(format!("{what} holds no certificate")))
 }
 
 impl Credential {
@@ -89,7 +75,8 @@ impl Credential {
         let time = |t: x509_parser::time::ASN1Time| {
             SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
         };
-        let issuer_sha256 = hex_sha256(&first_der(&ca_pem, "the CA bundle")?);
+        let issuer_sha256 = ca_fingerprint(&ca_pem)
+            .ok_or_else(|| RenewError::Invalid("the CA bundle holds no certificate".into()))?;
         Ok(Credential {
             not_before: time(parsed.validity().not_before),
             not_after: time(parsed.validity().not_after),

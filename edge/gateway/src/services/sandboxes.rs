@@ -144,20 +144,9 @@ impl Minter {
         let path = openshell_pki::PkiDir::new(&self.pki_dir).ca_cert_path();
         std::fs::read(&path)
             .ok()
-            .and_then(|pem| openshell_pki::parse_certificates(&pem, "ca.crt").ok())
-            .and_then(|ders| ders.into_iter().next())
-            .map(|der| hex_sha256(&der))
+            .and_then(|pem| credentials::ca_fingerprint(&pem))
             .unwrap_or_default()
     }
-}
-
-/// Lowercase hex of the SHA-256 of `bytes`.
-fn hex_sha256(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Everything the sandbox RPCs use.
