@@ -1425,6 +1425,28 @@ async fn sandboxes_are_confined_and_apart(rt: &'static Runtime) {
         "sandbox b reached sandbox a's port: {probe:?}"
     );
 
+    // A fresh credential replaces the delivered one (for a start after a long stop), still
+    // root-only; what it does not name stays.
+    let mut fresh = openshell_drivers::Credentials::default();
+    fresh.insert("tls.crt", "FRESH-CERT").unwrap();
+    d.refresh_credentials(&ida, &fresh).await.unwrap();
+    let out = h
+        .exec(
+            &a,
+            &[
+                "sh",
+                "-c",
+                "cat /run/openshell/credentials/tls.crt; stat -c ' %a %u' /run/openshell/credentials/tls.crt; test -s /run/openshell/credentials/tls.key && echo kept",
+            ],
+        )
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "FRESH-CERT 400 0\nkept\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let network = format!("{NAME_PREFIX}net-{ida}");
     assert!(
         run(rt.cli().args(["network", "inspect", &network]))

@@ -184,6 +184,19 @@ async fn a_sandbox_is_a_labelled_pod_with_its_credential_in_a_secret() {
         secret_value(c, &ns, &object, "tls.key").as_deref(),
         Some("very secret key")
     );
+    // A start after a long stop gets a fresh credential: the Secret's files are replaced,
+    // the ones not named stay.
+    let mut fresh = openshell_drivers::Credentials::default();
+    fresh.insert("tls.key", "fresh key").unwrap();
+    d.refresh_credentials(&id, &fresh).await.unwrap();
+    assert_eq!(
+        secret_value(c, &ns, &object, "tls.key").as_deref(),
+        Some("fresh key")
+    );
+    assert_eq!(
+        secret_value(c, &ns, &object, "tls.crt").as_deref(),
+        Some("cert")
+    );
     // Few capabilities, no privilege escalation.
     let security = &container["securityContext"];
     assert_eq!(security["allowPrivilegeEscalation"], false, "{security}");

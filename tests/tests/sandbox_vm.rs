@@ -310,6 +310,7 @@ fn vm_sandbox_lifecycle() {
     assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
     assert_eq!(mode(&dir.join("credentials")), 0o700);
     assert_eq!(mode(&dir.join("credentials").join("tls.key")), 0o600);
+    let minted = std::fs::read(dir.join("credentials").join("tls.crt")).unwrap();
 
     // Stop ends the VM (the main process gets SIGTERM) and keeps its disk; start boots it
     // again.
@@ -345,6 +346,13 @@ fn vm_sandbox_lifecycle() {
         s.gw().logs()
     );
     eprintln!("vm start-to-Ready (second boot): {:?}", t.elapsed());
+    // The start gave it a freshly minted credential (one stopped past its life would
+    // otherwise come back with an expired one).
+    assert_ne!(
+        std::fs::read(dir.join("credentials").join("tls.crt")).unwrap(),
+        minted,
+        "start kept the credential minted at create"
+    );
     let r = s.u.run(&[
         "sandbox",
         "exec",

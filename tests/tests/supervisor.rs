@@ -172,18 +172,27 @@ fn a_sandbox_renews_its_credential_before_it_expires() {
         "no renewal within 30 s:\n{}",
         s.logs()
     );
-    // The renewed files replaced the minted ones in the sandbox (for its next start).
-    let supervisor_log = s
-        .runtime_cli()
-        .args(["logs", "openshell-fresh"])
-        .output()
-        .unwrap();
-    let supervisor_log = String::from_utf8_lossy(&supervisor_log.stderr).to_string()
-        + &String::from_utf8_lossy(&supervisor_log.stdout);
+    // The renewed files replaced the minted ones in the sandbox (for its next start). The
+    // supervisor logs that once it has stored them and reconnected, a moment after the
+    // gateway signed.
+    let supervisor_log = || {
+        let out = s
+            .runtime_cli()
+            .args(["logs", "openshell-fresh"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout)
+    };
+    openshell_tests::assert_eventually!(
+        std::time::Duration::from_secs(20),
+        supervisor_log().contains("sandbox credential renewed"),
+        "the supervisor did not report a renewal:\n{}",
+        supervisor_log()
+    );
     assert!(
-        supervisor_log.contains("sandbox credential renewed")
-            && !supervisor_log.contains("kept in memory only"),
-        "{supervisor_log}"
+        !supervisor_log().contains("kept in memory only"),
+        "{}",
+        supervisor_log()
     );
     let wait = std::time::Duration::from_secs(45).saturating_sub(created.elapsed());
     std::thread::sleep(wait);
@@ -231,4 +240,28 @@ fn a_ca_rotation_does_not_strand_a_sandbox() {
     let r =
         s.u.run(&["sandbox", "exec", "rotated", "--", "echo", "fine"]);
     assert_eq!(r.stdout, "fine\n", "{}\n{}", r.stderr, s.logs());
+}
+
+/// Issue 14, item 4: a sandbox stopped for longer than its credential lives starts again. Its
+/// supervisor renews only while it runs, so `start` gives it a freshly minted credential
+/// before the workload starts (the old one expired 40 s after the create).
+#[test]
+fn a_sandbox_stopped_past_its_credentials_life_starts_again() {
+    let s = openshell_tests::SandboxEnv::docker_with(&["--sandbox-credential-validity", "40s"]);
+    let created = std::time::Instant::now();
+    s.u.run(&["sandbox", "create", "--name", "sleeper"]).ok();
+    s.u.run(&["sandbox", "stop", "sleeper"]).ok();
+    // Any credential it renewed before the stop lived 40 s too.
+    std::thread::sleep(std::time::Duration::from_secs(50).saturating_sub(created.elapsed()));
+    s.u.run(&["sandbox", "start", "sleeper"]).ok();
+    openshell_tests::assert_eventually!(
+        std::time::Duration::from_secs(30),
+        s.phase("sleeper") == "Ready",
+        "not Ready after a start past its credential's life: {}\n{}",
+        s.phase("sleeper"),
+        s.logs()
+    );
+    let r =
+        s.u.run(&["sandbox", "exec", "sleeper", "--", "echo", "awake"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "awake\n"), "{}", r.stderr);
 }

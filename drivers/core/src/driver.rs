@@ -3,7 +3,7 @@
 use futures::stream::BoxStream;
 
 use crate::{
-    DriverError, DriverInfo, LogLine, LogOptions, SandboxId, SandboxName, SandboxSpec,
+    Credentials, DriverError, DriverInfo, LogLine, LogOptions, SandboxId, SandboxName, SandboxSpec,
     WorkloadEvent, WorkloadStatus,
 };
 
@@ -44,6 +44,17 @@ pub trait ComputeDriver: Send + Sync + 'static {
     /// Starts a stopped workload; a running one is left alone. The filesystem is the one it
     /// had when it stopped.
     async fn start(&self, id: &SandboxId) -> Result<WorkloadStatus, DriverError>;
+
+    /// Replaces the credential files delivered at create (see [`crate::credentials`]) with
+    /// `credentials`, for the workload's next start: a sandbox stopped for longer than its
+    /// credential lives must not come back with an expired one. Files not named in
+    /// `credentials` are kept (the SSH host key). [`DriverError::NotFound`] when there is no
+    /// workload.
+    async fn refresh_credentials(
+        &self,
+        id: &SandboxId,
+        credentials: &Credentials,
+    ) -> Result<(), DriverError>;
 
     /// Stops the main process (SIGTERM, then SIGKILL after the backend's grace period) and
     /// keeps the workload and its filesystem. A stopped workload is left alone.

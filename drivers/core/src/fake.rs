@@ -11,9 +11,9 @@ use futures::StreamExt;
 use tokio::sync::broadcast;
 
 use crate::{
-    ComputeDriver, DriverError, DriverHealth, DriverInfo, EventStream, GatewayId, LogLine,
-    LogOptions, LogStream, OutputStream, SandboxId, SandboxName, SandboxSpec, WorkloadEvent,
-    WorkloadState, WorkloadStatus,
+    ComputeDriver, Credentials, DriverError, DriverHealth, DriverInfo, EventStream, GatewayId,
+    LogLine, LogOptions, LogStream, OutputStream, SandboxId, SandboxName, SandboxSpec,
+    WorkloadEvent, WorkloadState, WorkloadStatus,
 };
 
 const RUNTIME: &str = "fake";
@@ -324,13 +324,18 @@ impl ComputeDriver for FakeDriver {
         }
         let key = state.next_key;
         state.next_key += 1;
+        // The credential becomes files, as on a real runtime; the spec never holds it.
+        let files = credential_files(&spec.credentials);
         let workload = Workload {
             gateway: self.gateway.clone(),
             id: id.clone(),
             name: name.clone(),
-            spec: spec.clone(),
+            spec: SandboxSpec {
+                credentials: Default::default(),
+                ..spec.clone()
+            },
             state: WorkloadState::Running,
-            files: BTreeMap::new(),
+            files,
             logs: Vec::new(),
         };
         let status = Self::status(key, &workload);
@@ -338,6 +343,18 @@ impl ComputeDriver for FakeDriver {
         self.emit(id, WorkloadState::Creating);
         self.emit(id, WorkloadState::Running);
         Ok(status)
+    }
+
+    async fn refresh_credentials(
+        &self,
+        id: &SandboxId,
+        credentials: &Credentials,
+    ) -> Result<(), DriverError> {
+        let mut state = self.state()?;
+        let key = self.key_of(&state, id)?;
+        let w = state.workloads.get_mut(&key).expect("key from this state");
+        w.files.extend(credential_files(credentials));
+        Ok(())
     }
 
     async fn start(&self, id: &SandboxId) -> Result<WorkloadStatus, DriverError> {
@@ -457,6 +474,14 @@ impl ComputeDriver for FakeDriver {
         });
         Ok(past.chain(live).boxed())
     }
+}
+
+/// A credential as the files a workload would find in [`crate::CREDENTIAL_DIR`].
+fn credential_files(credentials: &Credentials) -> BTreeMap<String, Vec<u8>> {
+    credentials
+        .files()
+        .map(|(name, data)| (format!("{}/{name}", crate::CREDENTIAL_DIR), data.to_vec()))
+        .collect()
 }
 
 #[cfg(test)]

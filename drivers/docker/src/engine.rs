@@ -20,9 +20,10 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 use openshell_drivers::{
-    DriverError, DriverHealth, DriverInfo, EventStream, GatewayId, LABEL_GATEWAY, LABEL_IMAGE,
-    LABEL_MANAGED, LABEL_PREFIX, LABEL_SANDBOX_ID, LABEL_SANDBOX_NAME, LineSplitter, LogOptions,
-    LogStream, SandboxId, SandboxName, SandboxSpec, WorkloadEvent, WorkloadState, WorkloadStatus,
+    Credentials, DriverError, DriverHealth, DriverInfo, EventStream, GatewayId, LABEL_GATEWAY,
+    LABEL_IMAGE, LABEL_MANAGED, LABEL_PREFIX, LABEL_SANDBOX_ID, LABEL_SANDBOX_NAME, LineSplitter,
+    LogOptions, LogStream, SandboxId, SandboxName, SandboxSpec, WorkloadEvent, WorkloadState,
+    WorkloadStatus,
 };
 use tokio::sync::Mutex;
 
@@ -614,31 +615,50 @@ impl Engine {
         container: &str,
         spec: &SandboxSpec,
     ) -> Result<(), DriverError> {
-        if !spec.credentials.is_empty() {
-            let tar =
-                isolation::credential_tar(&spec.credentials).map_err(|e| DriverError::Backend {
-                    runtime: self.flavor.name.into(),
-                    op: "build the credential archive".into(),
-                    message: e.to_string(),
-                })?;
-            docker
-                .upload_to_container(
-                    container,
-                    Some(UploadToContainerOptions {
-                        path: "/".into(),
-                        ..Default::default()
-                    }),
-                    bollard::body_full(tar.into()),
-                )
-                .await
-                .map_err(|e| {
-                    self.error(&format!("put the credential into container {container}"), e)
-                })?;
-        }
+        self.put_credentials(docker, container, &spec.credentials)
+            .await?;
         docker
             .start_container(container, None::<StartContainerOptions>)
             .await
             .map_err(|e| self.error(&format!("start container {container}"), e))
+    }
+
+    /// Writes `credentials` into the container's credential directory (running or not).
+    async fn put_credentials(
+        &self,
+        docker: &Docker,
+        container: &str,
+        credentials: &Credentials,
+    ) -> Result<(), DriverError> {
+        if credentials.is_empty() {
+            return Ok(());
+        }
+        let tar = isolation::credential_tar(credentials).map_err(|e| DriverError::Backend {
+            runtime: self.flavor.name.into(),
+            op: "build the credential archive".into(),
+            message: e.to_string(),
+        })?;
+        docker
+            .upload_to_container(
+                container,
+                Some(UploadToContainerOptions {
+                    path: "/".into(),
+                    ..Default::default()
+                }),
+                bollard::body_full(tar.into()),
+            )
+            .await
+            .map_err(|e| self.error(&format!("put the credential into container {container}"), e))
+    }
+
+    pub(crate) async fn refresh_credentials(
+        &self,
+        id: &SandboxId,
+        credentials: &Credentials,
+    ) -> Result<(), DriverError> {
+        let docker = self.client().await?;
+        let container = self.find_or_not_found(&docker, id).await?;
+        self.put_credentials(&docker, &container, credentials).await
     }
 
     /// Creates the sandbox's own network on a free /28 of the pool.
@@ -1006,6 +1026,13 @@ macro_rules! forward_to_engine {
                 spec: &openshell_drivers::SandboxSpec,
             ) -> Result<openshell_drivers::WorkloadStatus, openshell_drivers::DriverError> {
                 self.engine.create(id, name, spec).await
+            }
+            async fn refresh_credentials(
+                &self,
+                id: &openshell_drivers::SandboxId,
+                credentials: &openshell_drivers::Credentials,
+            ) -> Result<(), openshell_drivers::DriverError> {
+                self.engine.refresh_credentials(id, credentials).await
             }
             async fn start(
                 &self,

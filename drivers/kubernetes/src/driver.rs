@@ -11,7 +11,10 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Resource, ResourceExt};
 use openshell_drivers::{
@@ -142,7 +145,7 @@ impl Errors {
                         op,
                         format!(
                             "{message} (403 Forbidden): grant the gateway's account get, list, \
-                             watch, create and delete on pods and secrets, and create and delete on networkpolicies, in namespace `{ns}` \
+                             watch, create and delete on pods and secrets, patch on secrets, and create and delete on networkpolicies, in namespace `{ns}` \
                              (RBAC), or pick a namespace where it has them with --k8s-namespace"
                         ),
                     ),
@@ -643,6 +646,44 @@ impl ComputeDriver for KubernetesDriver {
                 Err(e)
             }
         }
+    }
+
+    async fn refresh_credentials(
+        &self,
+        id: &SandboxId,
+        credentials: &openshell_drivers::Credentials,
+    ) -> Result<(), DriverError> {
+        let (pod, secret) = self.find(id, Fresh::Apiserver).await?;
+        let Some(secret) = secret else {
+            return Err(match pod {
+                None => DriverError::NotFound {
+                    runtime: RUNTIME.into(),
+                    id: id.clone(),
+                },
+                Some(_) => self.errors.backend(
+                    "refresh the credential",
+                    format!(
+                        "the secret of sandbox {id} is gone: delete the sandbox and create it again"
+                    ),
+                ),
+            });
+        };
+        let data: BTreeMap<String, k8s_openapi::ByteString> = credentials
+            .files()
+            .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.to_vec())))
+            .collect();
+        // A merge patch of `data`: keys not named (the SSH host key) stay.
+        let patch = serde_json::json!({ "data": data });
+        let name = secret.name_any();
+        let patched = self
+            .call(
+                &format!("update secret {name}"),
+                self.secrets()
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await?;
+        self.mirror.put_secret(&patched);
+        Ok(())
     }
 
     async fn start(&self, id: &SandboxId) -> Result<WorkloadStatus, DriverError> {

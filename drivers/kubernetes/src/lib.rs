@@ -8,7 +8,8 @@
 //! Does not own: images (pulled by the cluster per the configured pull policy), sandbox
 //! records, phases or restarts (the gateway's), the namespace or the RBAC rules (the
 //! cluster admin's: the gateway's account needs get/list/watch/create/delete on `pods` and
-//! `secrets`, create/delete on `networkpolicies` in the namespace, plus `pods/log` for
+//! `secrets`, patch on `secrets` (a credential renewed at start), create/delete on
+//! `networkpolicies` in the namespace, plus `pods/log` for
 //! `sandbox logs`).
 //!
 //! # What is where

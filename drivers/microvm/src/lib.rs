@@ -561,6 +561,22 @@ impl Inner {
         Ok(())
     }
 
+    /// Replaces the host copy of the credential the next boot's initramfs carries.
+    fn refresh_credentials(
+        &self,
+        id: &SandboxId,
+        credentials: &openshell_drivers::Credentials,
+    ) -> Result<(), DriverError> {
+        self.meta(id)?;
+        let cred_dir = self.dir(id).join(CREDENTIALS);
+        host::private_dir(&cred_dir).map_err(|e| io_err("create", &cred_dir, e))?;
+        for (name, contents) in credentials.files() {
+            host::write_private(&cred_dir.join(name), contents)
+                .map_err(|e| io_err("write", &cred_dir.join(name), e))?;
+        }
+        Ok(())
+    }
+
     /// Starts QEMU for a prepared sandbox directory.
     async fn boot(&self, id: &SandboxId) -> Result<(), DriverError> {
         self.check_host()?;
@@ -824,6 +840,14 @@ impl ComputeDriver for VmDriver {
         spec: &SandboxSpec,
     ) -> Result<WorkloadStatus, DriverError> {
         self.inner.create(id, name, spec).await
+    }
+
+    async fn refresh_credentials(
+        &self,
+        id: &SandboxId,
+        credentials: &openshell_drivers::Credentials,
+    ) -> Result<(), DriverError> {
+        self.inner.refresh_credentials(id, credentials)
     }
 
     async fn start(&self, id: &SandboxId) -> Result<WorkloadStatus, DriverError> {

@@ -622,9 +622,32 @@ impl Sandboxes {
         self.check_reachable()?;
         let id = SandboxId::new(decode(&obj)?.id)?;
         self.forget_session(&id);
-        let w = self.driver()?.start(&id).await?;
+        let driver = self.driver()?;
+        self.refresh_credential(driver.as_ref(), &id).await?;
+        let w = driver.start(&id).await?;
         let obj = self.set_running(&obj, true).await?;
         self.view(&obj, Some(&w.state), &w.runtime_id)
+    }
+
+    /// Gives a sandbox about to start a freshly minted TLS credential: one stopped for
+    /// longer than its credential lives would otherwise come back with an expired one (a
+    /// running supervisor renews its own). The SSH host key stays. Without the CA key (no
+    /// minter) the delivered credential is kept.
+    async fn refresh_credential(
+        &self,
+        driver: &dyn ComputeDriver,
+        id: &SandboxId,
+    ) -> Result<(), GatewayError> {
+        let Some(minter) = &self.minter else {
+            return Ok(());
+        };
+        let (ca, cert, key) = minter.mint(id.as_str()).await?;
+        let mut fresh = Credentials::default();
+        fresh.insert(credentials::CA_FILE, ca)?;
+        fresh.insert(credentials::CERT_FILE, cert)?;
+        fresh.insert(credentials::KEY_FILE, key)?;
+        driver.refresh_credentials(id, &fresh).await?;
+        Ok(())
     }
 
     /// Drops the sandbox's session: a stopped workload has no supervisor. A VM's
@@ -670,6 +693,9 @@ impl Sandboxes {
                 }
                 Some((name, true)) if matches!(w.state, WorkloadState::Stopped { .. }) => {
                     tracing::info!(sandbox = %name, "restarting a sandbox that stopped while the gateway was away");
+                    if let Err(e) = self.refresh_credential(driver.as_ref(), &w.id).await {
+                        tracing::warn!(sandbox = %name, error = %e, "cannot renew the credential of a sandbox to restart");
+                    }
                     if let Err(e) = driver.start(&w.id).await {
                         tracing::warn!(sandbox = %name, error = %e, "cannot restart the sandbox");
                     }
@@ -846,6 +872,13 @@ mod tests {
             spec: &SandboxSpec,
         ) -> Result<openshell_drivers::WorkloadStatus, openshell_drivers::DriverError> {
             self.0.create(id, name, spec).await
+        }
+        async fn refresh_credentials(
+            &self,
+            id: &SandboxId,
+            credentials: &openshell_drivers::Credentials,
+        ) -> Result<(), openshell_drivers::DriverError> {
+            self.0.refresh_credentials(id, credentials).await
         }
         async fn start(
             &self,
