@@ -373,8 +373,19 @@ fn block(out: &mut String, v: &Value, indent: usize) {
     match v {
         Value::Map(m) => {
             for (k, v) in m {
+                let mut written = String::new();
+                key(&mut written, k);
                 out.push_str(&" ".repeat(indent));
-                key(out, k);
+                // YAML limits implicit keys to 1024 characters; longer ones take the
+                // explicit `? key` form.
+                if written.len() > 1000 {
+                    out.push_str("? ");
+                    out.push_str(&written);
+                    out.push('\n');
+                    out.push_str(&" ".repeat(indent));
+                } else {
+                    out.push_str(&written);
+                }
                 out.push(':');
                 nested(out, v, indent);
             }

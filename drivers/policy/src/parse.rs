@@ -183,7 +183,11 @@ impl Cx<'_> {
             file: self.file.to_string(),
             line: pos.line,
             column: pos.col,
-            field: field.to_string(),
+            field: if field.is_empty() {
+                "(the document)".to_string()
+            } else {
+                field.to_string()
+            },
             message: message.into(),
         }
     }
@@ -548,14 +552,15 @@ const ROOT_FIX: &str = "the workload never runs as root; name an unprivileged us
 
 fn identity(text: &str) -> Result<Identity, String> {
     if text.bytes().all(|b| b.is_ascii_digit()) {
-        if text.len() > 1 && text.starts_with('0') {
+        let id = text.parse::<u32>();
+        if text.len() > 1 && text.starts_with('0') && id != Ok(0) {
             return Err(format!(
                 "{} has a leading zero; write the id as {}",
                 quote(text),
                 text.trim_start_matches('0')
             ));
         }
-        return match text.parse::<u32>() {
+        return match id {
             Ok(0) => Err(format!("0 is root: {ROOT_FIX}")),
             Ok(u32::MAX) => Err(format!(
                 "4294967295 is the kernel's \"no id\" value: {ROOT_FIX}"
@@ -644,8 +649,9 @@ fn host(text: &str) -> Result<String, String> {
         return Err(format!("{} has spaces around it; remove them", quote(text)));
     }
     let host = text.to_ascii_lowercase();
-    if host.parse::<IpAddr>().is_ok() {
-        return Ok(host);
+    if let Ok(addr) = host.parse::<IpAddr>() {
+        // One spelling per address: `::FFFF:1.2.3.4` and `::ffff:102:304` are the same.
+        return Ok(addr.to_string());
     }
     if host == "*" || host == "**" {
         return Err(format!(

@@ -425,3 +425,27 @@ fn only_the_network_may_change_on_a_running_sandbox() {
         "{err}"
     );
 }
+
+#[test]
+fn awkward_values_survive_the_canonical_text() {
+    let long_key = "k".repeat(2000);
+    let doc = format!(
+        "version: 1\n\
+         network_middlewares:\n  \"odd key: with # and \\u0085\":\n    middleware: x\n    endpoints: {{include: [\"*.Example.com\"]}}\n    config:\n\
+         \x20     nested: [[1, [2, {{a: b}}]], [], {{}}, ~, -0.0, 1e300, 0.1, 0x1f, +7, true, \"true\", '1'] \n\
+         \x20     text: \"tab\\there \\r \\\" \\\\ \\u0085 \\u2028 \\ufeff \u{1f600} \\x7f\"\n\
+         \x20     null: plain key\n\
+         \x20     \"\": empty key\n\
+         \x20     ? {long_key}\n\
+         \x20     : long key\n\
+         \x20     block: |\n        two\n        lines\n\
+         network_policies:\n  p:\n    endpoints:\n      - host: \"::FFFF:10.1.2.3\"\n        port: 1\n        allowed_ips: [\"10.9.8.7/8\"]\n"
+    );
+    let p = Policy::parse("awkward.yaml", &doc).unwrap_or_else(|e| panic!("{e}"));
+    let text = p.to_canonical_yaml();
+    let again = Policy::parse("canonical.yaml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(again, p, "{text}");
+    assert_eq!(again.to_canonical_yaml(), text);
+    let e = &p.network().network_policies["p"].endpoints[0];
+    assert_eq!(e.host.as_deref(), Some("::ffff:10.1.2.3"));
+}
