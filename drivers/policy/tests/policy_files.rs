@@ -318,6 +318,18 @@ const REFUSED: &[(&str, &str)] = &[
         "",
         "policy.yaml:1:1: the policy is empty; a policy starts with `version: 1`",
     ),
+    (
+        "- version: 1\n",
+        "policy.yaml:1:1: (the document): expected a mapping, found a list",
+    ),
+    (
+        "version: !!int 1\n",
+        "policy.yaml:1:10: YAML tags (`!name`) are not part of the policy schema; remove the tag",
+    ),
+    (
+        "version: 1\nlandlock: *nothing\n",
+        "policy.yaml:2:11: not valid YAML: while parsing node, found unknown anchor",
+    ),
 ];
 
 #[test]
@@ -448,4 +460,55 @@ fn awkward_values_survive_the_canonical_text() {
     assert_eq!(again.to_canonical_yaml(), text);
     let e = &p.network().network_policies["p"].endpoints[0];
     assert_eq!(e.host.as_deref(), Some("::ffff:10.1.2.3"));
+}
+
+/// A cheap, deterministic stand-in for the fuzz target in every test run: the examples
+/// with one line dropped or doubled, or one byte replaced by YAML punctuation, either
+/// parse and survive their canonical text, or are refused (never a panic).
+#[test]
+fn mutated_examples_never_panic_and_round_trip() {
+    let check = |name: &str, doc: &str| {
+        if let Ok(p) = Policy::parse(name, doc) {
+            let text = p.to_canonical_yaml();
+            let again = Policy::parse("canonical.yaml", &text)
+                .unwrap_or_else(|e| panic!("{name}: canonical text refused: {e}\n{doc}\n{text}"));
+            assert_eq!(again, p, "{name}:\n{doc}\n{text}");
+            assert_eq!(again.to_canonical_yaml(), text);
+        }
+    };
+    let mut accepted = 0;
+    for name in FIXTURES {
+        let doc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(name),
+        )
+        .unwrap();
+        let lines: Vec<&str> = doc.lines().collect();
+        for i in 0..lines.len() {
+            let mut dropped = lines.clone();
+            dropped.remove(i);
+            check(name, &dropped.join("\n"));
+            let mut doubled = lines.clone();
+            doubled.insert(i, lines[i]);
+            check(name, &doubled.join("\n"));
+        }
+        for (i, _) in doc.char_indices().step_by(11) {
+            for with in [
+                " ", ":", "-", "[", "{", "\"", "*", "&a ", "*a", "#", "\t", "0",
+            ] {
+                let mut m = doc.clone();
+                let end = doc[i..].chars().next().map_or(i, |c| i + c.len_utf8());
+                m.replace_range(i..end, with);
+                if Policy::parse(name, &m).is_ok() {
+                    accepted += 1;
+                }
+                check(name, &m);
+            }
+        }
+    }
+    assert!(
+        accepted > 100,
+        "the mutations should not all be refused ({accepted})"
+    );
 }
