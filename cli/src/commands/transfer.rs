@@ -205,7 +205,8 @@ pub async fn download(
 /// umask plus world-write), so a download never lands as a setuid program or a file every
 /// local user may change. Owners are never taken from the stream either (the user owns
 /// what they download), and entries that would land outside `dir` are refused.
-fn unpack_download(source: impl std::io::Read, dir: &Path, mask: u32) -> std::io::Result<u64> {
+#[doc(hidden)] // public for the download_tar fuzz target (cli/fuzz)
+pub fn unpack_download(source: impl std::io::Read, dir: &Path, mask: u32) -> std::io::Result<u64> {
     let mut archive = tar::Archive::new(Counting::new(source));
     // Without preservation the tar crate keeps only the 0o777 bits, then clears `mask`.
     archive.set_preserve_permissions(false);

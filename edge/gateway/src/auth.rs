@@ -479,28 +479,25 @@ fn method_name(path: &str) -> &str {
 
 /// A request let through: who (none for a public method called anonymously) and the action
 /// it was checked against (none for public and Supervisor methods).
-type Admitted = (Option<Caller>, Option<Action>);
+pub type Admitted = (Option<Caller>, Option<Action>);
 /// A request refused: the answer, and its audit line.
-type Refused = Box<(Status, Event)>;
+pub type Refused = Box<(Status, Event)>;
 
-/// The decision for one request: the caller, or the refusal with its audit line.
-fn admit(
-    layer: &AuthLayer,
+/// The decision [`AuthLayer`] takes for one request: the caller, or the refusal with its
+/// audit line. Pure (no audit write, no metrics), so the `request_head` fuzz target
+/// (edge/gateway/fuzz) checks the very decision the layer applies.
+#[doc(hidden)]
+pub fn admit(
     path: &str,
     headers: &http::HeaderMap,
     ctx: Option<&RequestContext>,
+    tls: bool,
+    revocations: &Revocations,
+    now: SystemTime,
 ) -> Result<Admitted, Refused> {
     let peer = ctx.map(|c| c.conn.peer);
     let method = method_name(path);
-    let caller = authenticate(
-        path,
-        headers,
-        ctx,
-        layer.tls,
-        &layer.revocations,
-        SystemTime::now(),
-    )
-    .map_err(|r| {
+    let caller = authenticate(path, headers, ctx, tls, revocations, now).map_err(|r| {
         let event = r.audit_event(peer, method, "");
         Box::new((r.status, event))
     })?;
@@ -555,10 +552,12 @@ where
         let metrics = self.layer.metrics.clone();
         let audit = self.layer.audit.clone();
         let decision = admit(
-            &self.layer,
             &path,
             req.headers(),
             req.extensions().get::<RequestContext>(),
+            self.layer.tls,
+            &self.layer.revocations,
+            SystemTime::now(),
         );
         match decision {
             Err(refused) => {

@@ -156,6 +156,23 @@ impl ConnMeta {
     }
 }
 
+#[cfg(feature = "fuzzing")]
+impl ConnMeta {
+    /// A connection as the fuzz targets need it: no socket, the given principal.
+    #[doc(hidden)]
+    pub fn for_fuzzing(
+        peer: SocketAddr,
+        transport: TransportKind,
+        principal: Option<Principal>,
+    ) -> Self {
+        let meta = ConnMeta::new(0, peer, transport, None);
+        if let Some(p) = principal {
+            let _ = meta.principal.set(p);
+        }
+        meta
+    }
+}
+
 /// Serves one HTTP/2 connection on `io` exactly as the TCP listener serves an accepted
 /// (TLS-terminated) socket, with the given principal, gRPC service and tunnel service.
 /// Returns when the connection ends. For the `h2_server` fuzz target.
