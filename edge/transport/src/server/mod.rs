@@ -165,9 +165,13 @@ impl ConnMeta {
         transport: TransportKind,
         principal: Option<Principal>,
     ) -> Self {
-        let meta = ConnMeta::new(0, peer, transport, None);
-        if let Some(p) = principal {
-            let _ = meta.principal.set(p);
+        // No trust to re-check against (`tls: None`), so the chain is never read.
+        let meta = ConnMeta::new(0, peer, transport, None, None);
+        if let Some(principal) = principal {
+            let _ = meta.client.set(PeerCert {
+                principal,
+                chain: Vec::new(),
+            });
         }
         meta
     }
